@@ -1,0 +1,105 @@
+"""``python -m rlvr`` / ``rlvr``: list what is registered, score a completion.
+
+    rlvr list
+    rlvr verify math --reference '\\frac12' --completion 'so \\boxed{0.5}'
+    rlvr verify code --reference-json '{"style": "assert", "tests": ["assert f(1) == 2"]}' \\
+        --completion 'def f(x): return x + 1'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from rlvr.registry import RegistryError, list_environments, list_verifiers, load_verifier
+from rlvr.rewards import Outcome, Sample, check_outcomes
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for title, regs in (("verifiers", list_verifiers()), ("environments", list_environments())):
+        print(f"{title}:")
+        width = max((len(n) for n in regs), default=0)
+        for name, reg in regs.items():
+            print(f"  {name:<{width}}  {reg.distribution} {reg.version}  ({reg.target})")
+        if not regs:
+            print("  (none)")
+    return 0
+
+
+def _format_outcome(outcome: Outcome) -> str:
+    score = "-" if outcome.score is None else f"{outcome.score:g}"
+    lines = [f"status:  {outcome.status.value}", f"score:   {score}", f"reason:  {outcome.reason}"]
+    if outcome.metrics:
+        lines.append("metrics: " + ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in outcome.metrics.items()))
+    lines.append(f"elapsed: {outcome.elapsed_s * 1000:.1f} ms")
+    return "\n".join(lines)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.reference_json is not None:
+        try:
+            reference = json.loads(args.reference_json)
+        except json.JSONDecodeError as exc:
+            print(f"error: --reference-json is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    else:
+        reference = args.reference
+    completion = sys.stdin.read() if args.completion == "-" else args.completion
+    verifier = load_verifier(args.verifier, **dict(args.option))
+    sample = Sample(args.prompt, completion, reference)
+    outcome = check_outcomes(verifier.name, [sample], verifier.score([sample]))[0]
+    if hasattr(verifier, "close"):
+        verifier.close()
+    if args.json:
+        d = asdict(outcome)
+        d["status"] = outcome.status.value
+        print(json.dumps(d))
+    else:
+        print(_format_outcome(outcome))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rlvr`` command line."""
+    parser = argparse.ArgumentParser(prog="rlvr", description="rlvr: reinforcement learning with verifiable rewards")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="every registered verifier and environment, with the distribution providing it")
+    p.set_defaults(fn=_cmd_list)
+    p = sub.add_parser("verify", help="score one completion with a registered verifier")
+    p.add_argument("verifier", help="a verifier name (see `rlvr list`)")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--reference", help="the gold answer, as text")
+    ref.add_argument("--reference-json", help="the reference as JSON (test cases for `code`)")
+    p.add_argument("--completion", required=True, help="what the model wrote ('-' reads standard input)")
+    p.add_argument("--prompt", default="", help="the prompt, if the verifier looks at it")
+    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE", help="a verifier option (VALUE parsed as JSON when it is JSON)")
+    p.add_argument("--json", action="store_true", help="print the Outcome as JSON")
+    p.set_defaults(fn=_cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``rlvr`` command line."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (RegistryError, TypeError, ValueError, FileNotFoundError) as exc:  # a clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

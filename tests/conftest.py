@@ -1,0 +1,47 @@
+"""Shared fixtures: a real pip-installed plugin package, environment for subprocesses."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pip_install_target(package: str, target: Path) -> Path:
+    """pip-install the fixture ``package`` (a real distribution) into ``target``."""
+    src = target.parent / f"src-{package}"
+    shutil.copytree(FIXTURES / package, src)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin, pip-installed into a site directory put on sys.path."""
+    site = pip_install_target("rlvr-plugin-example", tmp_path_factory.mktemp("plugin") / "site")
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    yield site
+    sys.path.remove(str(site))
+    importlib.invalidate_caches()
+
+
+def subprocess_env(*extra_paths: Path) -> dict[str, str]:
+    """The environment for a ``python -m rlvr ...`` subprocess, with ``extra_paths`` importable."""
+    env = dict(os.environ)
+    paths = [str(p) for p in extra_paths] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
