@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach a model hub: everything they load is local or built from a config.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 
