@@ -1,0 +1,294 @@
+r"""MathVerifier against real sympy and real worker processes.
+
+Tables are ``(reference, completion, expected)`` rows in the style of real model outputs
+(Math-Verify's tests/test_all.py is the model), one block per equivalence family, both
+verdicts in each.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+
+from rlvr.registry import load_verifier
+from rlvr.rewards import Sample, Status
+from rlvr.verifiers._math_text import extract_answer, parse_number
+from rlvr.verifiers.math import MathVerifier
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    v = MathVerifier(max_workers=2)
+    yield v
+    v.close()
+
+
+def B(ans: str) -> str:
+    """A model-style completion ending in a boxed answer."""
+    return f"Let me solve this step by step. After simplifying, we get the result.\n\nTherefore, the answer is $\\boxed{{{ans}}}$."
+
+
+NUMBERS = [
+    (r"\frac{3}{4}", B("0.75"), True),
+    (r"0.75", B(r"\dfrac{3}{4}"), True),
+    (r"\frac{3}{4}", B("3/4"), True),
+    (r"\frac{3}{4}", B(r"\frac{6}{8}"), True),
+    (r"\frac{3}{4}", B("0.7"), False),
+    ("18", B(r"\$18.00"), True),
+    ("7425000", B("7,425,000"), True),
+    ("7425000", B("7,425,001"), False),
+    ("1500", B(r"1.5 \times 10^{3}"), True),
+    ("1500", B("1.5e4"), False),
+    (r"\frac{40}{9}", B("4 4/9"), True),
+    ("4", B("4 4/9"), False),
+    ("11", B("11 6/6"), False),  # not a mixed number (improper fraction part)
+    (r"\frac{1}{2^{98}}", B(r"\frac{1}{2^{99}}"), False),  # tiny differences are differences
+    (r"\frac{1}{2^{98}}", B("2^{-98}"), True),
+    ("0", B(r"\frac{1}{2^{200}}"), False),
+    (r"\frac13", B("0.333"), False),  # no tolerance unless asked
+    ("-5", B("5"), False),
+]
+
+PERCENT_UNITS_TEXT = [
+    (r"28\%", B("28"), True),
+    (r"28\%", B("0.28"), True),
+    (r"28\%", B("29"), False),
+    ("0.15", B(r"15\%"), True),
+    (r"\frac{40}{9}", B(r"4\frac{4}{9}\%"), False),
+    ("125", B(r"125 \text{ miles}"), True),
+    ("125", B(r"126\text{ cm}"), False),
+    (r"90^\circ", B("90"), True),
+    (r"90^\circ", B(r"\frac{\pi}{2}"), True),
+    (r"90^\circ", B(r"45^\circ"), False),
+    (r"\text{Evelyn}", B("Evelyn"), True),
+    (r"\text{Evelyn}", B(r"\text{Briana}"), False),
+    (r"\text{(C)}", B("C"), True),
+    (r"\text{(C)}", B(r"\textbf{(D)}"), False),
+]
+
+EXPRESSIONS = [
+    (r"3\sqrt{13}", B(r"\sqrt{117}"), True),
+    (r"3\sqrt{13}", B(r"13\sqrt{3}"), False),
+    (r"\frac{\pi}{6}", B(r"\pi/6"), True),
+    (r"\frac{\pi}{6}", B(r"\frac{\pi}{3}"), False),
+    (r"e^{2}", B(r"\exp(2)"), True),
+    (r"\log_2 8", B("3"), True),
+    (r"\ln 4", B(r"2\ln 2"), True),
+    (r"\ln 4", B(r"\ln 2"), False),
+    (r"\tan^2 y + 1", B(r"\sec^2 y"), True),
+    (r"\frac{x+2}{7}", B(r"\frac{x}{7}+\frac{2}{7}"), True),
+    (r"\frac{x+2}{7}", B(r"\frac{x}{7}+2"), False),
+    (r"x^2 - 1", B("(x-1)(x+1)"), True),
+    (r"x^2 - 1", B("(x-1)^2"), False),
+    ("6 - 5i", B("-5i + 6"), True),
+    ("6 - 5i", B("6 + 5i"), False),
+    (r"\frac{\sqrt{3}}{2}", B(r"\sin 60^\circ"), True),
+]
+
+EQUATIONS = [
+    ("x=5", B("5"), True),
+    ("5", B("x = 5"), True),
+    ("x=5", B("x=6"), False),
+    ("y=2x+3", B("y = 3 + 2x"), True),
+    ("y=2x+3", B("2x - y + 3 = 0"), True),
+    ("y=2x+3", B("y = 2x - 3"), False),
+    ("2x+4y-3=0", B(r"y=-\frac{1}{2}x+\frac{3}{4}"), True),
+    ("a^2 + b = 0", B("0"), False),
+    (r"x = 5 + 5 + 1 = 11", B("11"), True),
+]
+
+STRUCTURES = [
+    (r"\{1, 2, 3\}", B(r"\{3, 2, 1\}"), True),
+    (r"\{1, 2, 3\}", B(r"\{1, 2\}"), False),
+    ("1, -2", B("-2, 1"), True),
+    ("(1, 2)", B("(2, 1)"), False),
+    (r"\left( 3, \frac{\pi}{2} \right)", B(r"(3, \pi/2)"), True),
+    ("(1, 2), (3, 4)", B("(3, 4), (1, 2)"), True),
+    ("(1, 2), (3, 4)", B("(2, 1), (4, 3)"), False),
+    (r"(-\infty, 3]", B(r"x \le 3"), True),
+    (r"(-\infty, 3]", B("x < 3"), False),
+    ("[-2, 7]", B(r"-2 \leq x \leq 7"), True),
+    ("[-2, 7]", B("(-2, 7]"), False),
+    (r"(-\infty, -3) \cup (3, \infty)", B(r"x < -3 \text{ or } x > 3"), True),
+    (r"(-\infty, -3) \cup (3, \infty)", B(r"(-\infty, -3] \cup [3, \infty)"), False),
+    (r"1 \pm \sqrt{19}", B(r"1 + \sqrt{19}, 1 - \sqrt{19}"), True),
+    (r"1 \pm \sqrt{19}", B(r"1 + \sqrt{19}"), False),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", B(r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"), True),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", B(r"\begin{pmatrix} 1 & 3 \\ 2 & 4 \end{pmatrix}"), False),
+    (r"\begin{pmatrix} -7 \\ 16 \\ 5 \end{pmatrix}", B("(-7, 16, 5)"), True),
+    ("-2, 1", B(r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}"), False),  # a vector is ordered
+]
+
+MORE_FORMS = [
+    # an equation answered by the value of its unknown
+    ("y + 1 = -(2x - 1)^2", B("-4x^2 + 4x - 2"), True),
+    ("y + 1 = -(2x - 1)^2", B("-4x^2 + 4x - 1"), False),
+    (r"\rho \sin\theta = \sqrt{3}", B(r"\sqrt{3} \csc \theta"), True),
+    ("7 = 11a + c", B("11a + c"), False),
+    ("xy = 6", B(r"\dfrac{6}{x}"), True),
+    ("xy = 6", B(r"\dfrac{6}{y}"), False),
+    (r"\{x \mid x < \frac{3}{2}\} - \{-6\}", B(r"(-\infty, -6) \cup (-6, \frac{3}{2})"), True),
+    (r"\{x \mid x < \frac{3}{2}\} - \{-6\}", B(r"(-\infty, \frac{3}{2})"), False),
+    # orderings, ratios
+    (r"\tan \frac{7\pi}{5} > \sin \frac{2\pi}{5}", B(r"\tan \frac{7}{5} \pi > \sin \frac{2}{5} \pi"), True),
+    (r"\tan \frac{7\pi}{5} > \sin \frac{2\pi}{5}", B(r"\sin \frac{2\pi}{5} > \tan \frac{7\pi}{5}"), False),
+    ("b < a < d < c", B("b, a, d, c"), True),
+    ("b < a < d < c", B("a, b, d, c"), False),
+    ("5:8", B(r"\frac{5}{8}"), True),
+    ("5:8", B("8:5"), False),
+    ("12:00", B("1:00"), False),
+    # a function's argument and an arbitrary integer may be renamed
+    ("f(z) = z^2", B("f(x) = x^2"), True),
+    ("f(z) = z^2", B("f(x) = z^2"), False),
+    (r"x = \frac{\pi}{6} + k\pi", B(r"\frac{\pi}{6} + n\pi"), True),
+    (r"x = \frac{\pi}{6} + k\pi", B(r"\frac{\pi}{6} + 2n\pi"), False),
+    # plus-minus inside sets and tuples
+    (r"\{1 \pm \sqrt{5}, -2\}", B(r"\{-2, 1 + \sqrt{5}, 1 - \sqrt{5}\}"), True),
+    (r"(\sqrt2, 0, \sqrt2), (\sqrt2, 0, -\sqrt2), (-\sqrt2, 0, \sqrt2), (-\sqrt2, 0, -\sqrt2)", B(r"(\pm \sqrt{2}, 0, \pm \sqrt{2})"), True),
+    # qualifiers and named values
+    ("f(x) = -1, f(x) = x + 1", B(r"f(x) = -1 \text{ for all } x \in \mathbb{Z}, \text{ and } f(x) = x + 1"), True),
+    ("(n, 1)", B(r"(f(n), g(n)) = (n, 1)"), True),
+    (r"\frac{NO}{BO} = \frac{1}{\sqrt{6}}", B(r"\frac{\sqrt{6}}{6}"), True),
+    ("x = 5 + 5 + 1 = 11", B("x = 7"), False),
+    # LaTeX that lost a backslash to a JSON escape ("\frac" stored as form feed + "rac")
+    ("\frac{1}{2}", B("0.5"), True),
+]
+
+EXTRACTION = [
+    # the LAST box is the answer: a self-correction counts ...
+    ("3", r"So $\boxed{2}$. Wait, I made an error; redoing it gives $\boxed{3}$.", True),
+    ("2", r"So $\boxed{2}$. Wait, I made an error; redoing it gives $\boxed{3}$.", False),
+    # ... a hedge is both answers at once: right only if the reference lists both
+    ("3", r"The answer is $\boxed{2}$ or $\boxed{3}$.", False),
+    ("2, 3", r"The answer is $\boxed{2}$ or $\boxed{3}$.", True),
+    ("1, 2, 3", r"\boxed{1}, \boxed{2}, \boxed{3}", True),
+    (r"\frac{1}{2}", r"nested braces: \boxed{\frac{1}{2}}", True),
+    ("5", r"so x is \boxed 5", True),
+    ("5", r"\fbox{5}", True),
+    ("42", r"the answer is 42", False),  # no box, no fallbacks -> wrong
+]
+
+
+@pytest.mark.parametrize(
+    "reference,completion,expected",
+    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + EXTRACTION,
+)
+def test_equivalence_table(verifier, reference, completion, expected):
+    [out] = verifier.score([Sample("", completion, reference=reference)])
+    assert out.status is Status.OK, out
+    assert out.score == float(expected), out.reason
+
+
+def test_batch_matches_one_by_one_and_reasons_say_what_was_compared(verifier):
+    rows = NUMBERS + STRUCTURES
+    batch = verifier.score([Sample("", c, reference=r) for r, c, _ in rows])
+    assert [o.score for o in batch] == [float(e) for _, _, e in rows]
+    [numeric] = verifier.score([Sample("", B("0.75"), reference=r"\frac{3}{4}")])
+    assert numeric.reason == r"0.75 == \frac{3}{4} (numeric)"
+    assert numeric.metrics == {"extracted": 1.0}
+
+
+def test_no_answer_is_a_wrong_answer_not_a_failed_check(verifier):
+    [out] = verifier.score([Sample("", "I think it is probably 7 but I am not sure.", reference="7")])
+    assert out.status is Status.OK and out.score == 0.0
+    assert out.reason == "no \\boxed{} answer"
+    assert out.metrics == {"extracted": 0.0}
+
+
+def test_fallbacks_are_explicit_and_ordered():
+    v = MathVerifier(fallbacks=("gsm8k", "answer_is", "last_number"), isolate=False)
+    rows = [
+        ("18", "She makes 9 * 2 = 18 dollars.\n#### 18", 1.0),
+        ("18", "Thus the answer is 18.", 1.0),
+        ("18", "First 9 eggs, then 2 dollars each, so 18", 1.0),
+        ("18", "So it is 17", 0.0),
+    ]
+    assert [o.score for o in v.score([Sample("", c, reference=r) for r, c, _ in rows])] == [e for _, _, e in rows]
+    with pytest.raises(ValueError, match="unknown fallback"):
+        MathVerifier(fallbacks=("lastnumber",))
+
+
+def test_rel_tol_is_an_explicit_option():
+    exact = MathVerifier(isolate=False)
+    loose = MathVerifier(rel_tol=1e-2, isolate=False)
+    s = [Sample("", B("0.333"), reference=r"\frac{1}{3}"), Sample("", B("1001"), reference="1000")]
+    assert [o.score for o in exact.score(s)] == [0.0, 0.0]
+    # tolerance only applies where a decimal is written: integers stay exact
+    assert [o.score for o in loose.score(s)] == [1.0, 0.0]
+
+
+def test_reference_rounded_decimal_accepts_exact_answer():
+    v = MathVerifier(isolate=False)
+    rows = [("0.458", r"\frac{27}{59}", 1.0), ("0.458", r"\frac{27}{58}", 0.0), ("41.4\\%", r"\sqrt{2}-1", 1.0)]
+    assert [o.score for o in v.score([Sample("", B(p), reference=g) for g, p, _ in rows])] == [e for _, _, e in rows]
+
+
+def test_extraction_of_last_box_handles_nesting_and_huge_text():
+    assert extract_answer(r"a \boxed{\frac{1}{\sqrt{2}}} b") == (r"\frac{1}{\sqrt{2}}", "boxed")
+    assert extract_answer("no box here") == (None, "none")
+    big = "x" * 200_000 + r" \boxed{7}"
+    start = time.perf_counter()
+    assert extract_answer(big) == ("7", "boxed")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_parse_number_is_exact():
+    assert parse_number("1,000.99").value * 100 == 100099
+    assert parse_number("0,111").value * 1000 == 111  # a comma that cannot be a thousands separator
+    assert parse_number("1e99999999") is None  # exponent refused, not computed
+    assert parse_number("4 0/9").value == 4
+
+
+HOSTILE = [
+    ("5", B(r"9^{9^{9^{9}}}")),
+    ("120", B("10000000!")),
+    ("1", B("(" * 5000 + "1" + ")" * 5000)),
+    ("1", B(r"\frac{" * 3000 + "1" + "}{2}" * 3000)),
+    ("7", "blah " * 40_000 + r"\boxed{7}"),
+    (r"9^{9^{9^{9}}}", B(r"9^{9^{9^{9}}}")),
+    ("1", B("(x+1)^{9000} - (x+2)^{9000} < 0")),  # passes the size guards; sympy's solver hangs on it
+]
+
+
+def test_hostile_inputs_all_answered_within_deadline():
+    v = MathVerifier(timeout_s=2.0, max_workers=2)
+    try:
+        v.warmup()
+        start = time.perf_counter()
+        outs = v.score([Sample("", c, reference=r) for r, c in HOSTILE])
+        wall = time.perf_counter() - start
+    finally:
+        v.close()
+    for (r, _), out in zip(HOSTILE, outs):
+        assert out.elapsed_s <= 2.0 + 1.0, (r, out)
+    assert wall < 2.0 * len(HOSTILE) / 2 + 4.0
+    assert outs[0].status is Status.OK and outs[0].score == 0.0 and "too large" in outs[0].reason
+    assert outs[1].status is Status.OK and outs[1].score == 0.0
+    assert outs[4].score == 1.0
+    assert outs[5].score == 1.0  # identical strings match without evaluating anything
+    assert outs[6].status is Status.TIMEOUT and outs[6].score is None
+
+
+def test_works_off_the_main_thread():
+    v = MathVerifier(max_workers=1)
+    try:
+        rows = NUMBERS[:6] + STRUCTURES[:6]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(v.score, [Sample("", c, reference=r)]) for r, c, _ in rows]
+            got = [f.result(timeout=60)[0].score for f in futures]
+    finally:
+        v.close()
+    assert got == [float(e) for _, _, e in rows]
+
+
+def test_registered_as_math_and_validates_options():
+    v = load_verifier("math", fallbacks=("whole",), isolate=False)
+    assert isinstance(v, MathVerifier) and v.name == "math"
+    [out] = v.score([Sample("", r"\frac{1}{2}", reference="0.5")])
+    assert out.score == 1.0
+    with pytest.raises(ValueError, match="rel_tol"):
+        MathVerifier(rel_tol=2.0)
+    [err] = v.score([Sample("", "x", reference=None)])
+    assert err.status is Status.ERROR and "reference" in err.reason
