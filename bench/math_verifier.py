@@ -44,6 +44,9 @@ HOSTILE = [
     ("solver hang", "1", r"\boxed{(x+1)^{9000} - (x+2)^{9000} < 0}"),
     ("big binomial", "1", r"\boxed{\binom{10^{9}}{5 \cdot 10^{8}}}"),
     ("deep power of symbol", "x", r"\boxed{x^{x^{x^{x^{x^{x}}}}}}"),
+    ("sum of 10^9 terms", "1", r"\boxed{\sum_{k=1}^{10^{9}} k}"),
+    ("ellipsis to 10^9", "5", r"\boxed{a_1 + a_2 + \cdots + a_{10^{9}}}"),
+    ("piecewise, huge bound", r"\begin{cases} 1 & x < 0 \\ 2 & x > 0 \end{cases}", r"\boxed{\begin{cases} 1 & x < 10^{9^{9^9}} \\ 2 & x \ge 0 \end{cases}}"),
 ]
 
 
@@ -75,6 +78,26 @@ def run_file(name: str, path: Path, options: dict, row_kwargs: bool, repeat: int
         for r in ours.false_negatives:
             lines.append(f"- FN line {r['line']}: `{r['reference'][:80]}` vs `{r['completion'][-80:]}` -- {r['reason'][:100]}".replace("\n", " "))
         lines.append("\n</details>\n")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+VARIANTS = [
+    ("defaults (exact numbers, phrase_match on)", {}),
+    ("phrase_match=False", {"phrase_match": False}),
+    ("rel_tol=1e-3 (explicit tolerance)", {"rel_tol": 1e-3}),
+]
+
+
+def run_variants(path: Path, options: dict, row_kwargs: bool) -> list[str]:
+    """rlvr alone under each option variant: what the text-phrase rule and an explicit
+    tolerance do to accuracy and, above all, to false positives (verdicts only, no timing)."""
+    cases = load_cases(str(path))
+    lines = ["| rlvr options | accuracy | false positives | false negatives |", "|---|---|---|---|"]
+    for label, extra in VARIANTS:
+        a = evaluate_reward("math", cases, {**options, **extra, "max_workers": 1}, row_kwargs=row_kwargs).summary()
+        lines.append(f"| {label} | {a['accuracy']:.3f} | {a['false_positives']} | {a['false_negatives']} |")
+    lines.append("")
     print("\n".join(lines), flush=True)
     return lines
 
@@ -136,16 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         "## Math verifier: rlvr vs Math-Verify",
         "",
         (
-            f"Command: `python bench/math_verifier.py`; python {platform.python_version()}, sympy {version('sympy')}, "
+            f"Command: `python bench/math_verifier.py --out bench/results_math.md`; python {platform.python_version()}, sympy {version('sympy')}, "
             f"math-verify {version('math-verify')}; {platform.machine()}, shared 2-core machine (timings are noisy)."
         ),
         "",
     ]
     shared = data / "verifier_cases"
-    lines += run_file("Math-Verify's own test cases (mathverify_tests.jsonl)", shared / "mathverify_tests.jsonl", {"fallbacks": FALLBACKS}, row_kwargs=True, repeat=args.repeat)
-    lines += run_file("TinyV HardVerify-Math (hardverify_math.jsonl)", shared / "hardverify_math.jsonl", {"fallbacks": FALLBACKS}, row_kwargs=False, repeat=args.repeat)
     own = ROOT / "rlvr" / "verifiers" / "data" / "math_cases.jsonl"
-    lines += run_file("rlvr's own MATH-500/GSM8K set (math_cases.jsonl)", own, {}, row_kwargs=False, repeat=args.repeat)
+    files = [
+        ("Math-Verify's own test cases (mathverify_tests.jsonl)", shared / "mathverify_tests.jsonl", {"fallbacks": FALLBACKS}, True),
+        ("TinyV HardVerify-Math (hardverify_math.jsonl)", shared / "hardverify_math.jsonl", {"fallbacks": FALLBACKS}, False),
+        ("rlvr's own MATH-500/GSM8K set (math_cases.jsonl)", own, {}, False),
+    ]
+    for name, path, options, row_kwargs in files:
+        lines += run_file(name, path, options, row_kwargs=row_kwargs, repeat=args.repeat)
+    lines += ["### Option variants (rlvr only, same rows)", ""]
+    for name, path, options, row_kwargs in files:
+        lines += [f"**{name}**", ""]
+        lines += run_variants(path, options, row_kwargs)
     lines += run_pool_only(own, args.repeat)
     hostile, ok = run_hostile()
     lines += hostile

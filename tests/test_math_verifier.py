@@ -156,6 +156,52 @@ MORE_FORMS = [
     ("\frac{1}{2}", B("0.5"), True),
 ]
 
+CASES = r"\begin{cases} \{x \mid x < a \text{ or } x > 1\}, & \text{when } a < 1 \\ \{x \mid x \neq 1\}, & \text{when } a = 1 \\ \{x \mid x < 1 \text{ or } x > a\}, & \text{when } a > 1 \end{cases}"
+NEW_FAMILIES = [
+    # text references: a short answer that is the reference sentence's subject or predicate
+    ("Petya will receive the last token.", B(r"\text{Petya}"), True),
+    ("Petya will receive the last token.", B(r"\text{Vasya}"), False),
+    ("Petya will receive the last token.", B(r"\text{the last token}"), False),
+    ("The transformed function $f(x+1)-1$ is odd.", B("odd"), True),
+    ("The transformed function $f(x+1)-1$ is not odd.", B("odd"), False),
+    ("A stopped clock shows the correct time more often.", B(r"\text{stopped}"), True),
+    ("A stopped clock shows the correct time more often than a slow one.", B(r"\text{slow}"), False),
+    # "infinitely many" is the count \infty
+    (r"\text{infinitely many}", B(r"\infty"), True),
+    (r"\infty", B(r"\text{infinitely many}"), True),
+    (r"\text{infinitely many}", B("0"), False),
+    # a parameter the answer declares ("for some integer t") may carry another name
+    (r"(k, \ell) = (-32 + 3x, 64 - 5x)", B(r"(-32 + 3t, 64 - 5t) \text{ for some integer } t"), True),
+    (r"(k, \ell) = (-32 + 3x, 64 - 5x)", B(r"(-32 + 3t, 64 + 5t) \text{ for some integer } t"), False),
+    (r"(k, \ell) = (-32 + 3x, 64 - 5x)", B(r"(-32 + 3t, 64 - 5t)"), False),
+    # a reference that is a simplification written out (an identity): its last side is the answer
+    (r"\left(\frac{1}{a} : \frac{1}{a^2} - \frac{1}{a}\right) : \frac{1}{a} = (a+1)(a-1)", B("a^2 - 1"), True),
+    (r"\left(\frac{1}{a} : \frac{1}{a^2} - \frac{1}{a}\right) : \frac{1}{a} = (a+1)(a-1)", B("a^2 + 1"), False),
+    # labelled parts, and solutions as ";"-separated lists of assignments
+    ("10, 11, 12, -2, -1, 0", B(r"\text{Sequence 1: } -2, -1, 0 \text{ and } \text{Sequence 2: } 10, 11, 12"), True),
+    ("10, 11, 12, -2, -1, 0", B(r"\text{Sequence 1: } -2, -1, 1 \text{ and } \text{Sequence 2: } 10, 11, 12"), False),
+    ("p=5, q=2; p=7, q=2", B("(5, 2), (7, 2)"), True),
+    ("p=5, q=2; p=7, q=2", B("(2, 5), (2, 7)"), False),
+    # sums and products with an ellipsis, \sum and \prod
+    (r"\alpha_p = \frac{n - (a_k + a_{k-1} + \ldots + a_0)}{p-1}", B(r"\frac{n - (a_0 + a_1 + a_2 + \cdots + a_k)}{p - 1}"), True),
+    (r"\alpha_p = \frac{n - (a_k + a_{k-1} + \ldots + a_0)}{p-1}", B(r"\frac{n - (a_1 + a_2 + \cdots + a_k)}{p - 1}"), False),
+    (r"\frac{(v - a_1)(v - a_2) \cdots (v - a_n)}{v^{n-1}}", B(r"v \left(1 - \frac{a_1}{v}\right) \cdots \left(1 - \frac{a_n}{v}\right)"), True),
+    (r"\frac{(v - a_1)(v - a_2) \cdots (v - a_n)}{v^{n-1}}", B(r"\left(1 - \frac{a_1}{v}\right) \cdots \left(1 - \frac{a_n}{v}\right)"), False),
+    (r"1 - a_1 - a_2 - \cdots - a_n", B(r"1 - (a_n + \cdots + a_1)"), True),
+    (r"1 - a_1 - a_2 - \cdots - a_n", B(r"1 + a_1 + \cdots + a_n"), False),
+    (r"\frac{n(n+1)}{2}", B(r"1 + 2 + \cdots + n"), True),
+    (r"\frac{n(n+1)}{2}", B(r"1 + 2 + \cdots + (n-1)"), False),
+    (r"\frac{n(n+1)}{2}", B(r"\sum_{k=1}^{n} k"), True),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", B(r"F_n = \sum_{k=0}^{n-1} F_{n-k-1} F_k"), True),
+    (r"F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}", B(r"F_n = \sum_{k=0}^{n} F_k F_{n-k}"), False),
+    # a piecewise reference, compared case by case
+    (CASES, B(r"(-\infty, \min(1, a)) \cup (\max(1, a), \infty)"), True),
+    (CASES, B(r"(-\infty, a) \cup (1, \infty)"), False),
+    # a reference whose degree mark was lost in storage ("90^")
+    ("90^", B(r"90^\circ"), True),
+    ("90^", B(r"45^\circ"), False),
+]
+
 EXTRACTION = [
     # the LAST box is the answer: a self-correction counts ...
     ("3", r"So $\boxed{2}$. Wait, I made an error; redoing it gives $\boxed{3}$.", True),
@@ -173,7 +219,7 @@ EXTRACTION = [
 
 @pytest.mark.parametrize(
     "reference,completion,expected",
-    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + EXTRACTION,
+    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + NEW_FAMILIES + EXTRACTION,
 )
 def test_equivalence_table(verifier, reference, completion, expected):
     [out] = verifier.score([Sample("", completion, reference=reference)])
@@ -208,6 +254,22 @@ def test_fallbacks_are_explicit_and_ordered():
     assert [o.score for o in v.score([Sample("", c, reference=r) for r, c, _ in rows])] == [e for _, _, e in rows]
     with pytest.raises(ValueError, match="unknown fallback"):
         MathVerifier(fallbacks=("lastnumber",))
+
+
+def test_phrase_match_is_opt_out():
+    rows = [Sample("", B(r"\text{Petya}"), reference="Petya will receive the last token.")]
+    assert [o.score for o in MathVerifier(isolate=False).score(rows)] == [1.0]
+    assert [o.score for o in MathVerifier(phrase_match=False, isolate=False).score(rows)] == [0.0]
+
+
+def test_later_statements_win_over_earlier_ones_in_fallback_extraction():
+    v = MathVerifier(fallbacks=("final_answer", "last_latex", "last_number"), isolate=False)
+    boxed_step = r"Interest: $0.05 \cdot 10,200 / 2 = \boxed{255}$, so she has \$10,455. Final Answer: The final answer is $10,455$. I hope it is correct."
+    prose_after_math = r"For each divisor $n$ there is one $d = \frac{90}{n}$. Therefore, there are 12 such sequences."
+    rows = [("10455", boxed_step, 1.0), ("255", boxed_step, 0.0), ("12", prose_after_math, 1.0), ("90", prose_after_math, 0.0)]
+    assert [o.score for o in v.score([Sample("", c, reference=r) for r, c, _ in rows])] == [e for _, _, e in rows]
+    # without the final_answer fallback the box stays the answer
+    assert extract_answer(boxed_step) == ("255", "boxed")
 
 
 def test_rel_tol_is_an_explicit_option():
@@ -249,6 +311,9 @@ HOSTILE = [
     ("7", "blah " * 40_000 + r"\boxed{7}"),
     (r"9^{9^{9^{9}}}", B(r"9^{9^{9^{9}}}")),
     ("1", B("(x+1)^{9000} - (x+2)^{9000} < 0")),  # passes the size guards; sympy's solver hangs on it
+    ("1", B(r"\sum_{k=1}^{10^{9}} k")),  # refused: too many terms
+    ("1", B(r"a_1 + a_2 + \cdots + a_{10^{9}}")),  # never expanded
+    (r"\begin{cases} 1 & x < 0 \\ 2 & x > 0 \end{cases}", B(r"\begin{cases} 1 & x < 10^{9^{9^9}} \\ 2 & x \ge 0 \end{cases}")),
 ]
 
 
@@ -269,6 +334,7 @@ def test_hostile_inputs_all_answered_within_deadline():
     assert outs[4].score == 1.0
     assert outs[5].score == 1.0  # identical strings match without evaluating anything
     assert outs[6].status is Status.TIMEOUT and outs[6].score is None
+    assert all(o.status is Status.OK and o.score == 0.0 for o in outs[7:]), outs[7:]
 
 
 def test_works_off_the_main_thread():

@@ -17,6 +17,13 @@ pseudo-random points when it has -- and comparing RELATIVELY (``|a - b| <= 1e-30
 max(|a|, |b|)``). A tiny value is therefore never "equal to zero": ``1/2^99`` differs from
 ``1/2^98`` by a relative 0.5.
 
+Sums and products: ``\\sum_{k=1}^{n} body`` and ``\\prod`` become sympy ``Sum``/``Product``;
+``a_1 + a_2 + \\cdots + a_n`` (also ``\\ldots``, ``\\dots``, ``...``, and products of factors)
+becomes ``Sum(a(i), (i, 1, n))``, the pattern read off the terms around the ellipsis (they
+may differ only at index positions: a subscript, an exponent, a number, moving together).
+Such expressions are compared by giving the symbols in their bounds small integers (3 to
+5) and fixed values to the terms ``a(j)`` of unknown sequences, then expanding.
+
 Everything here may run long on hostile input; the verifier runs it in worker processes
 from :func:`rlvr.rewards.isolated` that are killed at a deadline.
 """
@@ -24,8 +31,9 @@ from :func:`rlvr.rewards.isolated` that are killed at a deadline.
 from __future__ import annotations
 
 import re
+import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -44,12 +52,14 @@ from sympy import (
     oo,
     pi,
 )
+from sympy.core.function import AppliedUndef
 
 from rlvr.verifiers._math_text import (
     MAX_ANSWER_CHARS,
     compact,
     normalize,
     parse_number,
+    phrase_match,
     split_top_level,
 )
 
@@ -74,7 +84,7 @@ class ParseError(ValueError):
 _UNICODE = {
     "×": "\\times ", "·": "\\cdot ", "÷": "\\div ", "−": "-", "–": "-", "√": "\\sqrt ", "π": "\\pi ",
     "∞": "\\infty ", "²": "^2", "³": "^3", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "＞": ">", "＜": "<",
-    "⩽": "\\le ", "⩾": "\\ge ", "∪": "\\cup ", "∈": "\\in ", "±": "\\pm ", "∓": "\\mp ", "，": ",",
+    "⩽": "\\le ", "⩾": "\\ge ", "∪": "\\cup ", "∈": "\\in ", "±": "\\pm ", "∓": "\\mp ", "，": ",", "…": " \\ldots ",
 }
 _TOKEN_RE = re.compile(
     r"\s*(?:(\d+\.\d*|\.\d+|\d+)|(\\[a-zA-Z]+|\\.)|(\*\*|<=|>=|!=|[a-zA-Z]|[-+*/^_(){}\[\]|!,=<>'&:;]))"
@@ -99,6 +109,7 @@ def tokenize(s: str) -> list[str]:
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
+    s = s.replace("...", " \\ldots ")
     toks: list[str] = []
     pos = 0
     n = len(s)
@@ -212,13 +223,99 @@ class _Parser:
     # expr := term (('+'|'-') term)*
     def expr(self) -> sympy.Expr:
         self.enter()
-        left = self.term()
+        i0 = self.i
+        first = self.term()
+        spans = [(i0, self.i, first, "+")]  # (first token, end token, value, sign) per term
+        ellipsis_at = None
         while self.peek() in ("+", "-"):
             op = self.take()
+            if self.peek() in _ELLIPSIS:
+                # a_1 + a_2 + \cdots + a_n
+                self.take()
+                if ellipsis_at is not None or self.peek() not in ("+", "-"):
+                    raise ParseError("an ellipsis needs a last term after it (a_1 + \\cdots + a_n)")
+                ellipsis_at = len(spans)
+                op2 = self.take()
+                if op2 != op:
+                    raise ParseError("an ellipsis between terms of different signs")
+            j0 = self.i
             right = self.term()
-            left = left + right if op == "+" else left - right
+            spans.append((j0, self.i, right, op))
         self.depth -= 1
+        if ellipsis_at is not None:
+            return self.series(spans, ellipsis_at, sympy.Sum)
+        left = spans[0][2]
+        for _, _, v, op in spans[1:]:
+            left = left + v if op == "+" else left - v
         return left
+
+    def series(self, spans: list, ellipsis_at: int, kind: Any) -> sympy.Expr:
+        """``a_1 + a_2 + \\cdots + a_n`` as ``Sum(a(i), (i, 1, n))`` (``Product`` for
+        factors): the pattern is read off the term just before the ellipsis and the last
+        term, which differ only in index positions (a subscript, an exponent, a number);
+        earlier terms that follow the same pattern with step 1 join the run."""
+        if len(spans) - ellipsis_at != 1:
+            raise ParseError("only one term may follow an ellipsis")
+        last = spans[-1]
+        units_last = _units(self.t[last[0] : last[1]])
+        run_start = ellipsis_at - 1
+        first = spans[run_start]
+        if run_start > 0 and first[3] != last[3]:
+            raise ParseError("an ellipsis between terms of different signs")
+        units_first = _units(self.t[first[0] : first[1]])
+        if len(units_first) != len(units_last):
+            raise ParseError("the terms around an ellipsis do not share a pattern")
+        slots = [k for k, (a, b) in enumerate(zip(units_first, units_last)) if a != b]
+        if not slots or len(slots) > 3:
+            raise ParseError("the terms around an ellipsis do not share a pattern")
+        lo_vals = [_unit_value(units_first[k]) for k in slots]
+        hi_vals = [_unit_value(units_last[k]) for k in slots]
+        step0 = sympy.expand(hi_vals[0] - lo_vals[0])
+        if any(sympy.expand((h - lo) - step0) != 0 for h, lo in zip(hi_vals, lo_vals)):
+            raise ParseError("indices around an ellipsis move by different amounts")
+        # extend the run backwards over earlier terms with the same pattern, index step +-1
+        direction = 0
+        while run_start > 0 and spans[run_start - 1][3] == last[3]:
+            units = _units(self.t[spans[run_start - 1][0] : spans[run_start - 1][1]])
+            if len(units) != len(units_first) or any(a != b for k, (a, b) in enumerate(zip(units, units_first)) if k not in slots):
+                break
+            vals = [_unit_value(units[k]) for k in slots]
+            steps = {sympy.expand(lo - v) for lo, v in zip(lo_vals, vals)}
+            if len(steps) != 1 or next(iter(steps)) not in (1, -1) or (direction and next(iter(steps)) != direction):
+                break
+            direction = int(next(iter(steps)))
+            run_start -= 1
+            units_first, lo_vals = units, vals
+        idx = Symbol("i_")
+        marks = {k: f"\x01{n}" for n, k in enumerate(slots)}
+        template_toks: list[str] = []
+        for k, u in enumerate(units_first):
+            template_toks += [marks[k]] if k in marks else u
+        sub = _Parser(template_toks)
+        sub.depth = self.depth
+        body = sub.expr() if kind is sympy.Sum else sub.term()
+        if sub.i != len(sub.t):
+            raise ParseError("could not read the pattern of an ellipsis")
+        body = body.xreplace({sympy.Symbol(f"\x01{n}"): idx + (lo_vals[n] - lo_vals[0]) for n in range(len(slots))})
+        lo, hi = lo_vals[0], hi_vals[0]
+        if direction == 0:
+            # only two explicit terms: read the direction off the bounds, taking the symbols
+            # in them to be large positive sizes (a_n + \cdots + a_1 counts down)
+            guess = step0.xreplace({z: Integer(100) for z in step0.free_symbols})
+            direction = -1 if guess.is_number and guess < 0 else 1
+        if direction == -1:
+            lo, hi = hi, lo
+        value = kind(body, (idx, lo, hi))
+        if run_start > 0 and last[3] in ("-", "/"):
+            value = -value if kind is sympy.Sum else 1 / value
+        rest = spans[:run_start]
+        if kind is sympy.Sum:
+            for _, _, v, op in rest:
+                value = value + v if op == "+" else value - v
+        else:
+            for _, _, v, op in rest:
+                value = value * v if op == "*" else value / v
+        return value
 
     _MUL = frozenset({"*", "\\cdot", "\\times", "\\ast"})
     _DIV = frozenset({"/", "\\div", ":"})
@@ -227,9 +324,27 @@ class _Parser:
              "\\pm", "\\mp", ";", "\\leqslant", "\\geqslant", "\\to", "\\rightarrow"})
 
     def term(self) -> sympy.Expr:
+        i0 = self.i
         left = self.factor()
+        spans = [(i0, self.i, left, "*")]
+        ellipsis_at = None
         while True:
             tok = self.peek()
+            if tok in _ELLIPSIS or (tok in self._MUL and self.peek(1) in _ELLIPSIS):
+                # (v - a_1)(v - a_2) \cdots (v - a_n), a_1 \cdot \ldots \cdot a_n
+                if tok in self._MUL:
+                    self.take()
+                self.take()
+                if self.peek() in self._MUL:
+                    self.take()
+                if ellipsis_at is not None or self.peek() is None or self.peek() in self._STOP:
+                    raise ParseError("an ellipsis needs a last factor after it")
+                ellipsis_at = len(spans)
+                j0 = self.i
+                v = self.factor()
+                spans.append((j0, self.i, v, "*"))
+                left = self.series(spans, ellipsis_at, sympy.Product)
+                continue
             if tok is None or tok in self._STOP:
                 if tok == "|" and self.abs_depth == 0:
                     left = left * self.factor()
@@ -237,19 +352,27 @@ class _Parser:
                 return left
             if tok in self._MUL:
                 self.take()
-                left = left * self.factor()
+                j0 = self.i
+                v = self.factor()
+                left = left * v
+                spans.append((j0, self.i, v, "*"))
             elif tok in self._DIV:
                 self.take()
+                j0 = self.i
                 right = self.factor()
                 if right == 0:
                     raise ParseError("division by zero")
                 left = left / right
+                spans.append((j0, self.i, right, "/"))
             elif tok in ("^", "!", "_", "'"):
                 raise ParseError(f"misplaced {tok!r}")
             else:  # implicit multiplication: 2x, 2\sqrt{3}, (a+1)(b+2)
                 if re.fullmatch(r"[\d.]+", self.t[self.i - 1]) and re.fullmatch(r"[\d.]+", tok):
                     raise ParseError("two numbers side by side")  # "11 6/6" is no product
-                left = left * self.factor()
+                j0 = self.i
+                v = self.factor()
+                left = left * v
+                spans.append((j0, self.i, v, "*"))
 
     def factor(self) -> sympy.Expr:
         tok = self.peek()
@@ -383,8 +506,10 @@ class _Parser:
         if len(tok) == 1 and tok.isalpha():
             if self.peek() == "_":
                 sub = self.subscript()
-                return Symbol(f"{tok}_{sub}")
+                return self.indexed(tok, sub)
             return _symbol(tok)
+        if tok.startswith("\x01"):  # an index position of an ellipsis pattern
+            return Symbol(tok)
         if tok.startswith("\\"):
             return self.command(tok[1:])
         raise ParseError(f"unexpected {tok!r}")
@@ -450,9 +575,53 @@ class _Parser:
             return _MULTI_FUNCS[name](*args)
         if name in _GREEK:
             if self.peek() == "_":
-                return Symbol(f"{name}_{self.subscript()}")
+                return self.indexed(name, self.subscript())
             return Symbol(name)
+        if name in ("sum", "prod"):
+            return self.big_operator(name)
         raise ParseError(f"unknown command \\{name}")
+
+    bound: frozenset = frozenset()
+
+    def indexed(self, name: str, sub: str) -> sympy.Expr:
+        """``a_1`` is the symbol ``a_1``; inside a sum or an ellipsis pattern, where the
+        subscript uses the running index (``F_{n-k-1}`` in ``\\sum_k``), it is the term
+        ``F(n - k - 1)`` of a sequence ``F``."""
+        if sub.startswith("\x01"):
+            return sympy.Function(name)(Symbol(sub))
+        if self.bound:
+            toks = tokenize(sub)
+            if any(t in self.bound for t in toks):
+                p = _Parser(toks)
+                p.bound = self.bound
+                v = p.expr()
+                if p.i != len(p.t):
+                    raise ParseError("bad subscript")
+                return sympy.Function(name)(v)
+        return Symbol(f"{name}_{sub}")
+
+    def big_operator(self, name: str) -> sympy.Expr:
+        """``\\sum_{k=0}^{n-1} body`` / ``\\prod_{k=1}^{n} body``; the body is the product
+        of factors that follows (up to the next ``+``/``-`` at this level)."""
+        self.expect("_")
+        self.expect("{")
+        var = self.take()
+        if not (len(var) == 1 and var.isalpha()) or self.take() != "=":
+            raise ParseError("\\sum needs a subscript like {k=1}")
+        lo = self.expr()
+        self.expect("}")
+        self.expect("^")
+        hi = self.exponent()
+        old = self.bound
+        self.bound = old | {var}
+        try:
+            body = self.term()
+        finally:
+            self.bound = old
+        k = Symbol(var)
+        if isinstance(lo, sympy.Number) and isinstance(hi, sympy.Number) and abs(hi - lo) > MAX_FACTORIAL:
+            raise TooLarge("sum or product with too many terms")
+        return (sympy.Sum if name == "sum" else sympy.Product)(body, (k, lo, hi))
 
     def apply_func(self, name: str) -> sympy.Expr:
         power = None
@@ -504,6 +673,40 @@ class _Parser:
         if not rows or len({len(r) for r in rows}) != 1:
             raise ParseError("ragged matrix")
         return Matrix(rows)
+
+
+_ELLIPSIS = frozenset({"\\ldots", "\\cdots", "\\dots", "\\dotsb", "\\dotsm", "\\dotsc", "\\cdot\\cdot\\cdot"})
+
+
+def _units(toks: list[str]) -> list[list[str]]:
+    """Tokens grouped so that a sub/superscript group (``_{k-1}``, ``^{2n}``) is one unit:
+    the positions where two terms around an ellipsis may differ."""
+    out: list[list[str]] = []
+    i = 0
+    while i < len(toks):
+        if toks[i] == "{" and out and out[-1] in (["_"], ["^"]):
+            depth, j = 0, i
+            while j < len(toks):
+                depth += {"{": 1, "}": -1}.get(toks[j], 0)
+                if depth == 0:
+                    break
+                j += 1
+            out.append(toks[i : j + 1])
+            i = j + 1
+            continue
+        out.append([toks[i]])
+        i += 1
+    return out
+
+
+def _unit_value(unit: list[str]) -> sympy.Expr:
+    """The value of an index position (``1``, ``k``, ``{k-1}``)."""
+    toks = unit[1:-1] if unit and unit[0] == "{" else unit
+    p = _Parser(list(toks))
+    v = p.expr()
+    if p.i != len(p.t):
+        raise ParseError("bad index")
+    return v
 
 
 _SYMBOLS: dict[str, Symbol] = {}
@@ -697,6 +900,13 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
         inner = parse_answer(s, depth + 1)
         inner.percent = True
         return inner
+    if ";" in s:
+        # "p=5, q=2; p=7, q=2": solutions separated by ";", each a list of assignments -> tuples
+        groups = split_top_level(s, (";",))
+        parts = [split_top_level(x, (",",)) for x in groups]
+        if len(groups) > 1 and all(len(ps) > 1 and all(re.match(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=", x) for x in ps) for ps in parts):
+            tuples = [Node("seq", items=[parse_answer(x, depth + 1) for x in ps], brackets="()", text=x) for ps, x in zip(parts, groups)]
+            return Node("seq", items=tuples, brackets="", text=s)
     items = split_top_level(s)
     if len(items) > 1 and any("\\pm" in x or "\\mp" in x for x in items):
         items = _expand_pm(items)
@@ -708,8 +918,8 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
     num = parse_number(s)
     if num is not None:
         return Node("expr", Rational(num.value.numerator, num.value.denominator), decimals=num.decimals, text=s)
-    m = re.fullmatch(r"([A-Za-z][A-Za-z ]+?)\s*:\s*(.+)", s)
-    if m and len(m.group(1).strip()) > 1:  # "Paolo: 18" -- a labelled value
+    m = re.fullmatch(r"([A-Za-z][A-Za-z ]+?(?:\s+(?:\d+|\([a-z]\)))?)\s*:\s*(.+)", s)
+    if m and len(m.group(1).strip()) > 1:  # "Paolo: 18", "Sequence 1: -2" -- a labelled value
         return Node("assign", name=m.group(1), items=[parse_answer(m.group(2), depth + 1)], text=s)
     if "\\cup" in s:
         pieces = [p for p in re.split(r"\\cup(?:dot)?", s)]
@@ -781,6 +991,10 @@ def _relation(parts: list[str], ops: list[str], depth: int, s: str) -> Node:
         left, right = latex_to_sympy(lhs), latex_to_sympy(rhs)
         if not left.free_symbols and not right.free_symbols:
             # "\frac12 = \frac{10}{9}" is a computation written out; its last side is the answer
+            return Node("assign", name=lhs, items=[value], text=s)
+        if left.free_symbols and _identity(left, right):
+            # "(a - 1/a) : 1/a = (a+1)(a-1)": both sides the same function, a simplification
+            # written out; its last side is the answer
             return Node("assign", name=lhs, items=[value], text=s)
         return Node("eq", left - right, text=s, name=lhs)
     if ops == ["in"]:
@@ -856,10 +1070,66 @@ class Options:
 
     rel_tol: float | None = None
     gold_precision: bool = True
+    phrases: bool = True
+    params: frozenset = frozenset()
+
+
+def _bound_symbols(e: sympy.Expr) -> set:
+    """Symbols in the bounds of sums and products (``n`` in ``\\sum_{k=1}^{n}``)."""
+    out: set = set()
+    dummies: set = set()
+    if isinstance(e, sympy.Basic) and e.has(sympy.Sum, sympy.Product):
+        for node in e.atoms(sympy.Sum, sympy.Product):
+            for var, lo, hi in node.limits:
+                out |= lo.free_symbols | hi.free_symbols
+                dummies.add(var)
+    return out - dummies
+
+
+def _test_point(syms: list, k: int, *exprs: sympy.Expr) -> dict:
+    """The k-th test point for ``syms``: fixed awkward rationals, except that a symbol used
+    as the bound of a sum or product (in either expression) gets a small integer, 3 to 5,
+    so that ``1 + 2 + \\cdots + n`` and ``n(n+1)/2`` are compared at the same ``n``."""
+    bounds = set().union(*(_bound_symbols(e) for e in exprs))
+    return {s: Integer(3 + (k + j) % 3) if s in bounds else _POINTS[(k + j) % len(_POINTS)] + j for j, s in enumerate(syms)}
+
+
+def _sequence_value(f: sympy.Expr) -> sympy.Expr:
+    """A fixed, arbitrary value for the term ``a(3)`` of an unknown sequence ``a``."""
+    key = zlib.crc32(f"{f.func.__name__}({f.args})".encode())
+    return Rational(key % 997 + 11, key % 89 + 7)
+
+
+def _concrete(e: sympy.Expr, subs: dict | None) -> tuple[sympy.Expr, dict | None] | None:
+    """Sums and products with symbolic bounds, evaluated the way one checks them by hand:
+    the symbols in their bounds become small integers (3 to 5, fixed by the test point),
+    the sum is expanded, and each term ``a(j)`` of an unknown sequence gets a fixed value."""
+    if not e.has(sympy.Sum, sympy.Product, AppliedUndef):
+        return e, subs
+    subs = dict(subs or {})
+    bound_syms = _bound_symbols(e)
+    for sym in sorted(bound_syms, key=lambda z: z.name):
+        v = subs.get(sym, Integer(3))
+        subs[sym] = v if isinstance(v, Integer) and 0 <= v <= 50 else Integer(3 + int(abs(v) * 7) % 3)
+    e = e.xreplace({sym: subs[sym] for sym in bound_syms})
+    for node in e.atoms(sympy.Sum, sympy.Product):
+        for _, lo, hi in node.limits:
+            span = hi - lo
+            if not span.is_number or abs(span) > MAX_FACTORIAL:
+                return None
+    e = e.doit()
+    undef = e.atoms(AppliedUndef)
+    if undef:
+        e = e.xreplace({f: _sequence_value(f) for f in undef if not f.free_symbols})
+    return e, subs
 
 
 def _evalf(e: sympy.Expr, subs: dict | None = None) -> sympy.Expr | None:
     try:
+        got = _concrete(e, subs)
+        if got is None:
+            return None
+        e, subs = got
         v = e.evalf(50, subs=subs) if subs else e.evalf(50)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, RecursionError):
         return None
@@ -934,8 +1204,10 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
         extra_g, extra_p = gs - ps, ps - gs
         if len(extra_g) == 1 and len(extra_p) == 1:
             a, b = next(iter(extra_g)), next(iter(extra_p))
-            if a.name in _PARAMS and b.name in _PARAMS and not isinstance(gv, Symbol):
-                # "\pi/6 + k\pi" and "\pi/6 + n\pi": an arbitrary integer or constant, renamed
+            both_usual = a.name in _PARAMS and b.name in _PARAMS
+            if (both_usual or a.name in opts.params or b.name in opts.params) and not isinstance(gv, Symbol):
+                # "\pi/6 + k\pi" and "\pi/6 + n\pi": an arbitrary integer or constant, renamed;
+                # also any symbol an answer declares as its parameter ("... for some integer t")
                 pv = pv.xreplace({b: a})
                 syms = gv.free_symbols | pv.free_symbols
     diff = gv - pv
@@ -943,7 +1215,7 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
         return True, "symbolic"
     same = 0
     for k in range(3):
-        subs = {s: _POINTS[(k + j) % len(_POINTS)] + j for j, s in enumerate(sorted(syms, key=lambda z: z.name))}
+        subs = _test_point(sorted(syms, key=lambda z: z.name), k, gv, pv)
         a, b = _evalf(gv, subs), _evalf(pv, subs)
         if a is None and b is None:
             continue
@@ -958,6 +1230,21 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
         return bool(sympy.simplify(diff) == 0), "simplify"
     except (TypeError, ValueError, RecursionError, AttributeError):
         return False, "could not compare"
+
+
+def _identity(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """Are ``a`` and ``b`` the same function (equal at every test point, and at least two)?"""
+    syms = sorted(a.free_symbols | b.free_symbols, key=lambda z: z.name)
+    same = 0
+    for k in range(3):
+        subs = _test_point(syms, k, a, b)
+        x, y = _evalf(a, subs), _evalf(b, subs)
+        if x is None or y is None:
+            continue
+        if not _num_close(x, y):
+            return False
+        same += 1
+    return same >= 2
 
 
 def _eq_solves_to(eq: sympy.Expr, p: Node, opts: Options) -> tuple[bool, str]:
@@ -994,7 +1281,7 @@ def _eq_equal(g: sympy.Expr, p: sympy.Expr) -> bool:
         return False
     ratios = []
     for k in range(3):
-        subs = {s: _POINTS[(k + j) % len(_POINTS)] + j for j, s in enumerate(syms)}
+        subs = _test_point(syms, k, g, p)
         a, b = _evalf(g, subs), _evalf(p, subs)
         if a is None or b is None:
             continue
@@ -1224,8 +1511,165 @@ def _parse_cached(s: str) -> Node:
     return hit
 
 
+_INFINITELY_MANY_RE = re.compile(r"^(?:there are |there is )?(?:infinitely many|an infinite number|infinite(?:ly)?)(?: (?:of )?[a-z]+)?$")
+
+
+def _infinitely_many(text: str) -> bool:
+    return bool(_INFINITELY_MANY_RE.match(" ".join(normalize(text)[0].lower().replace("\\", " ").split()).strip(". ")))
+
+
+def _text_rules(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None:
+    """Rules for answers written in words, tried after the mathematical comparison failed:
+    "infinitely many" is the count ``\\infty``, and (``opts.phrases``) a short phrase stated
+    as the subject or predicate of a one-clause sentence (:func:`phrase_match`)."""
+    for words, other in ((gold, pred), (pred, gold)):
+        if len(words) < 80 and _infinitely_many(words):
+            try:
+                node = parse_answer(other)
+            except (ParseError, TooLarge, RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError):
+                continue
+            if node.kind == "expr" and node.value == oo:
+                return True, "'infinitely many' is \\infty"
+    if opts.phrases and phrase_match(gold, pred):
+        return True, "text: the phrase is the sentence's subject or predicate"
+    return None
+
+
+_PARAM_DECL_RE = re.compile(
+    r"for\s+(?:some|any|every|each|arbitrary)\s+(?:(?:positive|negative|nonnegative|real|natural|integer|integers|number|numbers|constant|value)\s+){0,3}"
+    r"(?:\}\s*)?\$?\s*([A-Za-z])(?![A-Za-z])"
+    r"|(?:where|with)\s+(?:\}\s*)?\$?\s*([A-Za-z])\s*\$?\s*(?:\\text\{\s*)?(?:is an? (?:arbitrary |any )?(?:positive |nonnegative )?(?:integer|real|constant)|\\in\s*\\mathbb)"
+    r"|([A-Za-z])\s*\\in\s*\\mathbb\s*\{?[ZNRQ]"
+)
+
+
+def declared_params(text: str) -> frozenset:
+    """Symbols an answer declares as free parameters: ``... \\text{ for some integer } t``,
+    ``k \\in \\mathbb{Z}``, ``where n is an integer``."""
+    return frozenset(next(x for x in m if x) for m in _PARAM_DECL_RE.findall(text))
+
+
+_CASES_RE = re.compile(r"^(?:(?P<name>[^=]*?)=\s*)?\\begin\{cases\}(?P<body>.*?)\\end\{cases\}\s*\.?$", re.DOTALL)
+_COND_WORDS_RE = re.compile(r"\\text\{\s*(?:when|if|for|where|otherwise|else|in case)?\s*\}|\b(?:when|if|for|where|in case)\b|\\(?:quad|qquad|,|;)")
+
+
+def _cases(text: str) -> list[tuple[str, str | None]] | None:
+    """``\\begin{cases} v_1, & \\text{when } a < 1 \\\\ v_2, & \\text{otherwise} \\end{cases}``
+    -> ``[(v_1, "a < 1"), (v_2, None)]`` (None: the remaining values)."""
+    m = _CASES_RE.match(text.strip().strip("$").strip())
+    if not m:
+        return None
+    rows = []
+    for row in re.split(r"\\\\", m.group("body")):
+        if not row.strip():
+            continue
+        if "&" not in row:
+            return None
+        value, cond = row.split("&", 1)
+        cond = _COND_WORDS_RE.sub(" ", cond).strip().strip(".,;").strip()
+        if re.fullmatch(r"(?:\\text\{)?\s*(?:otherwise|else)?\s*\}?", cond):
+            cond = None
+        rows.append((value.strip().rstrip(",;").strip(), cond))
+    return rows or None
+
+
+def _sub_param(text: str, param: str, value: sympy.Expr) -> str:
+    """``text`` with the one-letter parameter replaced by a value (whole letters only:
+    the ``a`` in ``\\max`` or ``\\frac`` stays)."""
+    return re.sub(r"(?<![A-Za-z\\])" + re.escape(param) + r"(?![A-Za-z])", "(" + sympy.latex(value).replace("\\", "\\\\") + ")", text)
+
+
+def _cond_holds(cond: str, param: str, value: sympy.Expr) -> bool:
+    parts, ops = _split_relations(_sub_param(cond, param, value))
+    if not ops:
+        raise ParseError(f"no relation in the condition {cond!r}")
+    vals = [latex_to_sympy(normalize(x)[0]) for x in parts]
+    fn = {"<": sympy.Lt, ">": sympy.Gt, "<=": sympy.Le, ">=": sympy.Ge, "!=": sympy.Ne, "=": sympy.Eq}
+    return all(bool(fn[op](a, b)) for a, op, b in zip(vals, ops, vals[1:]) if op in fn)
+
+
+def _case_points(cond: str, param: str) -> list[sympy.Expr]:
+    """Two values of the parameter inside the condition's region (one for ``a = 1``)."""
+    parts, ops = _split_relations(normalize(cond)[0])
+    if ops == ["="]:
+        other = parts[1] if parts[0].strip() == param else parts[0]
+        return [latex_to_sympy(other)]
+    region = _to_set(_relation(parts, ops, 0, cond))
+    points = []
+    for lo, hi, _, _ in _pieces(region) or []:
+        if lo == -oo and hi == oo:
+            points += [Rational(1, 3), Rational(-7, 2)]
+        elif lo == -oo:
+            points += [hi - Rational(1, 2), hi - Rational(7, 2)]
+        elif hi == oo:
+            points += [lo + Rational(1, 2), lo + Rational(7, 2)]
+        elif lo == hi:
+            points.append(lo)
+        else:
+            points += [(lo + hi) / 2, (lo + 3 * hi) / 4]
+    return points
+
+
+def _check_cases(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None:
+    """A piecewise answer (``\\begin{cases}``) against another answer: both are evaluated
+    at values of the parameter inside each case's condition (two per region, the value
+    itself for ``a = 1``) and must agree at every one."""
+    gc, pc = _cases(gold), _cases(pred)
+    if gc is None and pc is None:
+        return None
+    conds = [c for rows in (gc, pc) if rows for _, c in rows if c]
+    letters = {x for c in conds for x in re.findall(r"(?<![A-Za-z\\])([A-Za-z])(?![A-Za-z])", c)}
+    if len(letters) != 1:
+        return False, "piecewise answer: conditions must name one parameter"
+    param = letters.pop()
+    points = []
+    for c in conds:
+        points += _case_points(c, param)
+    if not points:
+        return False, "piecewise answer: no values to test"
+
+    def at(rows: list | None, text: str, v: sympy.Expr) -> str | None:
+        if rows is None:
+            return _sub_param(text, param, v)
+        default = None
+        for value, cond in rows:
+            if cond is None:
+                default = value
+            elif _cond_holds(cond, param, v):
+                return _sub_param(value, param, v)
+        return None if default is None else _sub_param(default, param, v)
+
+    for v in points:
+        a, b = at(gc, gold, v), at(pc, pred, v)
+        if a is None or b is None:
+            return False, f"piecewise answer: no case for {param} = {v}"
+        ok, how = _check_nodes(a, b, opts)
+        if not ok:
+            return False, f"piecewise answers differ at {param} = {v} ({how})"
+    return True, f"piecewise, equal at {len(points)} values of {param}"
+
+
 def check(gold: str, pred: str, opts: Options) -> tuple[bool, str]:
     """Compare an extracted prediction with an extracted reference, with sympy."""
+    declared = declared_params(gold) | declared_params(pred)
+    if declared:
+        opts = replace(opts, params=opts.params | declared)
+    if "\\begin{cases}" in gold or "\\begin{cases}" in pred:
+        try:
+            got = _check_cases(gold, pred, opts)
+        except TooLarge as exc:
+            return False, f"piecewise answer too large to evaluate ({exc})"
+        except (ParseError, RecursionError, ValueError, TypeError, AttributeError, ZeroDivisionError, NotImplementedError) as exc:
+            return False, f"piecewise answer not comparable ({type(exc).__name__}: {str(exc)[:80]})"
+        if got is not None:
+            return got
+    ok, how = _check_nodes(gold, pred, opts)
+    if ok:
+        return ok, how
+    return _text_rules(gold, pred, opts) or (ok, how)
+
+
+def _check_nodes(gold: str, pred: str, opts: Options) -> tuple[bool, str]:
     try:
         g = _parse_cached(gold)
     except TooLarge as exc:

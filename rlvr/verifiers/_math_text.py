@@ -158,7 +158,10 @@ def _answer_in_sentence(inner: str) -> str | None:
 def _sentence_answer(s: str) -> str:
     s = s.strip()
     s = re.sub(r"\s*I hope it is correct.*$", "", s, flags=re.DOTALL)
-    return s.strip().rstrip(".").strip()
+    s = s.strip().rstrip(".").strip()
+    # a quoted answer: "The final answer is \"$12$ and $13$\""
+    m = re.fullmatch(r'(?:\\?"|“)(.+?)(?:\\?"|”)', s, flags=re.DOTALL)
+    return m.group(1).strip() if m else s
 
 
 def _fallback(kind: str, text: str) -> str | None:
@@ -202,6 +205,10 @@ def _looks_like_answer(s: str) -> bool:
     bare = re.sub(r"\\(?:text|textbf|mbox|mathrm|textnormal|begin|end|operatorname)\s*\{[^{}]*\}", " ", s)
     if re.match(r"^(?:\s*[A-Za-z]+\s*[:=]\s*[-\d.]+\s*,)+\s*[A-Za-z]+\s*[:=]\s*[-\d.]+\s*$", bare):
         bare = re.sub(r"[A-Za-z]+\s*[:=]", " ", bare)  # "Maximum = 2, Minimum = 1", "Paolo: 18, Qing: 14"
+    # labelled parts: "Sequence 1: -2, -1, 0 and Sequence 2: 10, 11", "Part (a): 5; Part (b): 7"
+    labelled = re.subn(r"(?:^|(?<=[,;])|(?<=\band))\s*[A-Z][a-z]*(?:\s+(?:\d+|\([a-z]\)|[A-Za-z]))?\s*:(?=\s*[-\d(\\$])", " ", bare)
+    if labelled[1] >= 2:
+        bare = labelled[0]
     words = _WORD_RE.findall(bare)
     if not re.search(r"\d", s):
         return len(bare.split()) <= 10
@@ -232,9 +239,23 @@ def extract_answer(completion: str, fallbacks: tuple[str, ...] = ()) -> tuple[st
     completion = repair_escapes(completion)
     ans = _last_box_answer(completion)
     if ans is not None:
+        if "final_answer" in fallbacks:
+            # "... = \boxed{255}. ... Final Answer: The final answer is $10,455$": an explicit
+            # final-answer statement AFTER the last box supersedes it (boxed intermediate steps)
+            last_box_end = _boxes(completion)[-1][1]
+            tail = completion[last_box_end:][-_FALLBACK_WINDOW:]
+            got = _fallback("final_answer", tail) if re.search(r"final answer", tail, re.IGNORECASE) else None
+            if got is not None and got.strip():
+                return got.strip(), "final_answer after the last box"
         return ans, "boxed"
     tail = completion[-_FALLBACK_WINDOW:]  # regex fallbacks only look at the end, where answers are
     for kind in fallbacks:
+        if kind == "last_latex" and "last_number" in fallbacks:
+            # the LAST stated candidate wins: "... $d = \frac{90}{n}$ ... so there are 12
+            # sequences." -- a number in the prose after the last math is the later statement
+            envs = [m for m in _LATEX_ENV_RE.finditer(tail) if next(g for g in m.groups() if g is not None).strip() not in ("", ".", ",")]
+            if envs and _LAST_NUMBER_RE.search(tail, envs[-1].end()):
+                return _last_number(tail[envs[-1].end() :]), "last_number (after the last math)"
         got = _fallback(kind, tail)
         if got is not None and got.strip():
             return got.strip(), kind
@@ -257,6 +278,8 @@ def extract_reference(reference: str) -> str:
         return m.group(1).strip()
     if len(ref) <= 300 and "\n" not in ref.strip():
         return ref
+    if len(ref) <= MAX_ANSWER_CHARS and re.search(r"\\begin\{(?:cases|[pbvB]?matrix|array)\}", ref) and not re.search(r"[.!?]\s+[A-Z]", ref):
+        return " ".join(ref.split())  # a piecewise answer or matrix laid out over lines
     for kind in ("final_answer", "answer_is", "last_latex", "last_number"):
         got = _fallback(kind, ref)
         if got:
@@ -336,6 +359,9 @@ def normalize(s: str) -> tuple[str, bool]:
     """
     s = repair_escapes(s)
     s = s.strip()
+    # a dangling "^" or "_" with nothing after it (a degree mark or exponent lost in storage,
+    # "90^") marks nothing: drop it
+    s = re.sub(r"(?<=[\w}])\s*[\^_]\s*$", "", s)
     # doubly escaped LaTeX (``\\frac``, ``\\left(``) as some datasets store it
     s = re.sub(r"(?<!\\)\\\\(?=(?:frac|dfrac|tfrac|left|right|le|ge|leq|geq|neq|sqrt|boxed|pi|text|cdot|times|infty|in|cup|pm|circ|begin|end|mathrm|quad|qquad|dots|ldots|cdots|big|bigg|Big|Bigg)(?![a-zA-Z]))", r"\\", s)
     s = s.replace("\\$", "")
@@ -515,3 +541,95 @@ def parse_number(s: str) -> Number | None:
         val = int(whole) + Fraction(p, q)
         return Number(-val if sign == "-" else val, 0)
     return None
+
+
+# ----------------------------------------------------------------------------------------
+# Text answers: a short phrase inside a one-clause sentence
+# ----------------------------------------------------------------------------------------
+
+# Words that make a sentence more than one plain statement: a phrase found in it may be
+# negated ("is not odd"), one of several options ("Petya or Vasya") or a comparison's
+# other side ("more often than a slow clock"). A sentence holding any of them is never
+# matched by phrase.
+_BLOCKING_WORDS = frozenset(
+    [
+        "not", "no", "never", "none", "nothing", "neither", "nor", "cannot", "cant", "can't", "isn't",
+        "aren't", "doesn't", "don't", "won't", "wasn't", "weren't", "or", "and", "but", "if", "unless",
+        "otherwise", "than", "except", "while", "whereas", "either", "only", "although", "though", "however",
+        "instead", "nobody", "false", "incorrect", "impossible",
+    ]
+)
+# Function words: a phrase must hold something else, and a sentence must hold at least one
+# (a bare run of names, "Petya Vasya Kolya", is a list, not a sentence).
+_FUNCTION_WORDS = frozenset(
+    [
+        "a", "an", "the", "is", "are", "was", "were", "be", "will", "would", "shall", "should", "can",
+        "could", "may", "might", "must", "has", "have", "had", "do", "does", "did", "of", "in", "on", "at",
+        "to", "for", "from", "by", "with", "as", "it", "its", "this", "that", "these", "those", "there",
+        "their", "his", "her", "he", "she", "they", "we", "each", "any", "all", "every", "some", "more",
+        "most", "less",
+    ]
+)
+_MATH_SPAN_RE = re.compile(r"\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]")
+_PHRASE_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox|textnormal)\s*\{([^{}]*)\}")
+
+
+def _prose_words(s: str, allow_math: bool) -> list[str] | None:
+    """Lower-case words of a plain-prose string (math spans become one opaque token when
+    ``allow_math``), or None when it is not prose."""
+    s = _PHRASE_TEXT_RE.sub(r" \1 ", repair_escapes(s)).strip()
+    if allow_math:
+        s = _MATH_SPAN_RE.sub(" \x00 ", s)
+    if re.search(r"[\\$^_{}=<>\d]", s):
+        return None
+    if re.search(r"[,;:]", s):  # several clauses or a list
+        return None
+    words = re.findall(r"[a-z\x00][a-z'\x00-]*", s.lower())
+    rest = re.sub(r"[a-zA-Z\x00'\-\s.!?()]", "", s)
+    if rest or not words:
+        return None
+    return words
+
+
+_DETERMINERS = frozenset(["a", "an", "the", "any", "each", "every", "some", "all"])
+_COPULAS = frozenset(["is", "are", "was", "were", "be", "been", "becomes", "become", "remains", "remain"])
+
+
+def phrase_match(reference: str, answer: str, max_phrase_words: int = 4, max_sentence_words: int = 25) -> bool:
+    """Is the answer a short text phrase stated as the subject or predicate of the
+    reference, a one-clause sentence? ``"Petya will receive the last token."`` and ``"Petya"``;
+    ``"A stopped clock shows the correct time more often."`` and ``\\text{stopped}``;
+    ``"The transformed function $f(x+1)-1$ is odd."`` and ``"odd"``.
+
+    Conservative by construction: the answer is 1-4 plain words (no digits, no
+    math) holding a content word; the reference is plain prose (math spans allowed, but
+    they never match) of at most 25 words with a function word ("is", "the", "will"), no
+    commas or semicolons, and none of the words that would make the phrase negated,
+    optional or compared (not, no, or, and, but, if, than, only, ...). The phrase must be
+    whole contiguous words at the sentence's START (after at most one determiner: "A
+    stopped clock ...", "Any odd number ...") or its END right after a copula ("... is
+    odd"): the subject or the predicate, never an object ("the last token" does not match
+    "Petya will receive the last token"). Only the REFERENCE may be the sentence: an
+    answer sentence ("Petya will lose.") could say anything about the phrase.
+    """
+    pw = _prose_words(answer, allow_math=False)
+    if pw is None or not 1 <= len(pw) <= max_phrase_words:
+        return False
+    if not any(w not in _FUNCTION_WORDS and w not in _BLOCKING_WORDS and len(w) >= 3 for w in pw):
+        return False
+    if any(w in _BLOCKING_WORDS for w in pw):
+        return False
+    sw = _prose_words(reference, allow_math=True)
+    if sw is None or len(sw) <= len(pw) or len(sw) > max_sentence_words:
+        return False
+    if any(w in _BLOCKING_WORDS for w in sw) or not any(w in _FUNCTION_WORDS for w in sw):
+        return False
+    n = len(pw)
+    for i in range(len(sw) - n + 1):
+        if sw[i : i + n] != pw:
+            continue
+        subject = i == 0 or (i == 1 and sw[0] in _DETERMINERS)
+        predicate = i + n == len(sw) and i > 0 and sw[i - 1] in _COPULAS
+        if subject or predicate:
+            return True
+    return False

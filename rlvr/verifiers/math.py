@@ -26,7 +26,14 @@ How a pair is decided, cheapest first:
    notation, thousands separators, ``$``, ``%``) are compared EXACTLY as rationals.
 3. **sympy** (in worker processes killed at ``timeout_s``): expressions, radicals,
    ``\pi``, ``e``, logs, trig, equations, sets, tuples, intervals and inequalities,
-   matrices; see :mod:`rlvr.verifiers._math_sympy` for the parser and why it is hand-written.
+   matrices, ``\sum``/``\prod`` and sums or products written with an ellipsis, piecewise
+   ``\begin{cases}`` answers (compared case by case); see :mod:`rlvr.verifiers._math_sympy`
+   for the parser and why it is hand-written.
+4. **Words** (after the mathematical comparison said no): "infinitely many" is
+   ``\infty``; with ``phrase_match=True`` (default) a text reference that is a one-clause
+   sentence accepts a 1-4-word answer that is its subject or predicate ("Petya" for "Petya
+   will receive the last token."), under the conservative rules of
+   :func:`rlvr.verifiers._math_text.phrase_match`.
 
 Number rules: ``0.333`` is not ``1/3`` (pass ``rel_tol=1e-3`` to accept approximations);
 a reference written as a rounded decimal (``41.4``, ``0.458``) accepts any answer that
@@ -116,14 +123,15 @@ class _SympyCheck:
 
     name = "math"
 
-    def __init__(self, rel_tol: float | None, gold_precision: bool) -> None:
+    def __init__(self, rel_tol: float | None, gold_precision: bool, phrase_match: bool = True) -> None:
         self.rel_tol = rel_tol
         self.gold_precision = gold_precision
+        self.phrase_match = phrase_match
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
         from rlvr.verifiers._math_sympy import Options, check
 
-        opts = Options(rel_tol=self.rel_tol, gold_precision=self.gold_precision)
+        opts = Options(rel_tol=self.rel_tol, gold_precision=self.gold_precision, phrases=self.phrase_match)
         out = []
         for s in samples:
             ok, how = check(s.reference, s.completion, opts)
@@ -148,6 +156,10 @@ class MathVerifier:
             ``Status.TIMEOUT`` and its worker is killed.
         max_workers: Worker processes for the sympy stage (default: CPU count, at most 4).
         memory_mb: Address-space headroom per worker.
+        phrase_match: Text references: accept a short text answer that is the reference
+            sentence's subject or predicate ("Petya" for "Petya will receive the last
+            token."; conservative rules in :func:`rlvr.verifiers._math_text.phrase_match`).
+            ``False``: text must match as a whole.
         cheap_in_process: Decide string/number pairs in the caller's process (fast); set
             False to send every pair to the workers.
         isolate: Run the sympy stage in worker processes (the default). ``False`` runs it
@@ -161,6 +173,7 @@ class MathVerifier:
         fallbacks: Sequence[str] = (),
         rel_tol: float | None = None,
         gold_precision: bool = True,
+        phrase_match: bool = True,
         timeout_s: float = 2.0,
         max_workers: int | None = None,
         memory_mb: int | None = 1024,
@@ -179,6 +192,7 @@ class MathVerifier:
         self.fallbacks = tuple(fallbacks)
         self.rel_tol = rel_tol
         self.gold_precision = gold_precision
+        self.phrase_match = phrase_match
         self.timeout_s = float(timeout_s)
         self.max_workers = max_workers or max(1, min(4, os.cpu_count() or 1))
         self.memory_mb = memory_mb
@@ -206,7 +220,7 @@ class MathVerifier:
         with self._lock:
             if self._pool is None:
                 self._pool = isolated(
-                    _SympyCheck(self.rel_tol, self.gold_precision),
+                    _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match),
                     timeout_s=self.timeout_s,
                     max_workers=self.max_workers,
                     memory_mb=self.memory_mb,
@@ -273,7 +287,7 @@ class MathVerifier:
             if self.isolate:
                 outs = self._get_pool().score(work)
             else:
-                outs = _SympyCheck(self.rel_tol, self.gold_precision).score(work)
+                outs = _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match).score(work)
             for (i, spent, gold, pred, how), out in zip(pending, outs):
                 elapsed = spent + out.elapsed_s
                 if out.status is Status.OK:
