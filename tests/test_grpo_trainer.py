@@ -1,0 +1,204 @@
+"""GRPOTrainer end to end on a tiny real model (2-layer Llama from a config, SmolLM2's tokenizer).
+
+Generation here is ``HFGenerator`` (the vLLM path has its own tests in test_generation.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from rlvr.environments.base import Task
+from rlvr.models import resolve_model
+from rlvr.rewards import FunctionReward, Sample, isolated
+from rlvr.trainers.grpo_config import GRPOConfig
+from rlvr.trainers.grpo_trainer import GRPOTrainer
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+TASKS = [
+    Task([{"role": "user", "content": f"Say something about {w}."}], w)
+    for w in ["cats", "rain", "trees", "bread", "stone", "wind"]
+]
+
+
+def length_reward(sample: Sample) -> float:
+    """Rewards short completions: a signal a random tiny model can climb."""
+    return 1.0 if len(sample.completion) % 3 == 0 else 0.0
+
+
+def make_trainer(tokenizer, tmp_path, reward=None, **overrides) -> GRPOTrainer:
+    values = {
+        "generator": "hf",
+        "max_steps": 3,
+        "num_generations": 4,
+        "generation_batch_size": 8,
+        "max_completion_length": 8,
+        "micro_batch_size": 4,
+        "learning_rate": 1e-2,
+        "eval_max_tasks": 2,
+        "output_dir": str(tmp_path),
+        "progress_bar": False,
+        "system_prompt": None,
+        "bf16": False,
+    }
+    values.update(overrides)
+    return GRPOTrainer(
+        GRPOConfig(**values),
+        model=tiny_model(tokenizer),
+        reward=reward or FunctionReward(length_reward, name="len3"),
+        train_tasks=TASKS,
+        eval_tasks=TASKS[:2],
+        tokenizer=tokenizer,
+    )
+
+
+REQUIRED = [
+    "step",
+    "reward_mean",
+    "reward_std",
+    "accuracy",
+    "completion_len_mean",
+    "step_time_s",
+    "generation_time_s",
+    "reward_time_s",
+    "frac_zero_std_groups",
+    "n_timeout",
+    "n_error",
+    "n_abstain",
+    "loss",
+    "grad_norm",
+    "is_ratio_mean",
+    "is_ratio_p5",
+    "is_ratio_p95",
+    "is_frac_capped",
+    "clip_ratio_low",
+    "clip_ratio_high",
+    "kl",
+]
+
+
+def test_training_changes_weights_and_logs_every_metric(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, beta=0.05)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    summary = trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no weight changed"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in REQUIRED:
+        assert all(key in r for r in rows), f"metric {key} missing"
+    # HF generation and the trainer run the same fp32 model: importance ratios ~ 1
+    assert abs(rows[0]["is_ratio_mean"] - 1) < 1e-3
+    assert set(summary) >= {"before", "after"} and (tmp_path / "eval.json").exists()
+    assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "final" / "tokenizer.json").exists()
+
+
+def test_resume_equals_uninterrupted(tokenizer, tmp_path):
+    """Run 4 steps straight; run 2 steps (checkpoint at 2), then a fresh trainer resumes to 4.
+    Same rollouts, losses, gradient norms and final weights, bit for bit."""
+    kw = {"max_steps": 4, "eval_before": False, "eval_after": False, "save_final_model": False}
+    full = make_trainer(tokenizer, tmp_path / "full", **kw)
+    full.train()
+    first = make_trainer(tokenizer, tmp_path / "part", save_steps=2, **kw)
+    first.output_dir.mkdir(parents=True)
+    first.training_step()  # interrupted after step 2 (the checkpoint is written at step 2)
+    first.training_step()
+    assert (tmp_path / "part" / "checkpoint-2" / "trainer_state.json").exists()
+    resumed = make_trainer(tokenizer, tmp_path / "part", save_steps=2, **kw)
+    resumed.resume(tmp_path / "part")
+    assert resumed.step == 2
+    resumed.train()
+
+    def lines(p):
+        return [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = lines(tmp_path / "full"), lines(tmp_path / "part")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert (ra["reward_mean"], ra["completion_len_mean"]) == (rb["reward_mean"], rb["completion_len_mean"])
+        for key in ("loss", "grad_norm"):
+            assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def _sleepy(sample: Sample) -> float:
+    import time as _t
+
+    if sample.completion and len(sample.completion) % 2 == 0:
+        _t.sleep(30)
+    return 1.0 if len(sample.completion) % 3 == 0 else 0.0
+
+
+def test_reward_timeouts_do_not_stop_training(tokenizer, tmp_path):
+    reward = isolated(FunctionReward(_sleepy, name="sleepy"), timeout_s=1.0, max_workers=2)
+    try:
+        trainer = make_trainer(
+            tokenizer, tmp_path, reward=reward, max_steps=2, eval_before=False, eval_after=False, save_final_model=False
+        )
+        start = time.perf_counter()
+        trainer.train()
+    finally:
+        reward.close()
+    assert time.perf_counter() - start < 60
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert sum(r["n_timeout"] for r in rows) > 0
+    assert all(r["n_ok"] + r["n_timeout"] + r["n_error"] + r["n_abstain"] == 8 for r in rows)
+
+
+def test_lora_dynamic_sampling_multiple_iterations_overlapped_rewards(tokenizer, tmp_path):
+    trainer = make_trainer(
+        tokenizer,
+        tmp_path,
+        max_steps=4,
+        lora_r=4,
+        num_iterations=2,
+        dynamic_sampling=True,
+        max_dynamic_sampling_rounds=3,
+        mask_truncated_completions=True,
+        loss_type="grpo",
+        scale_rewards="batch",
+        reward_overlap_chunks=2,
+        eval_before=False,
+        eval_after=False,
+    )
+    base_before = {k: v.clone() for k, v in trainer.model.get_base_model().state_dict().items() if "lora_" not in k}
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(1 <= r["dynamic_sampling_rounds"] <= 3 for r in rows)
+    # LoRA trains adapters only; the saved model is merged (plain Llama weights, no lora_ keys)
+    for k, v in trainer.model.get_base_model().state_dict().items():
+        if k in base_before:
+            assert torch.equal(v, base_before[k]), k
+    merged = LlamaForCausalLM.from_pretrained(tmp_path / "final")
+    assert not any("lora" in k for k in merged.state_dict())
