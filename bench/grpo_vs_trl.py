@@ -30,18 +30,17 @@ MODEL = "smollm2-135m-instruct"
 
 
 def task_data(n_train: int = 400):
+    """The default task; its prompts carry the environment's format-showing system message."""
     from rlvr.environments.arithmetic import Arithmetic
-    from rlvr.trainers.grpo_config import DEFAULT_SYSTEM_PROMPT
 
-    env = Arithmetic(n_train=n_train, seed=0)
-    return env, DEFAULT_SYSTEM_PROMPT
+    return Arithmetic(n_train=n_train, seed=0)
 
 
 def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
     from rlvr.trainers.grpo_config import GRPOConfig
     from rlvr.trainers.grpo_trainer import GRPOTrainer
 
-    env, system = task_data()
+    env = task_data()
     cfg = GRPOConfig(
         model=MODEL,
         max_steps=steps,
@@ -55,7 +54,6 @@ def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
         eval_after=False,
         save_final_model=False,
         output_dir=tempfile.mkdtemp(prefix="bench-rlvr-"),
-        system_prompt=system,
         progress_bar=False,
     )
     start = time.perf_counter()
@@ -85,9 +83,9 @@ def run_trl(steps: int, bf16: bool, lr: float) -> dict:
     from rlvr.rewards import Sample, Status
     from rlvr.verifiers.math import MathVerifier
 
-    env, system = task_data()
+    env = task_data()
     tasks = env.tasks("train")
-    ds = Dataset.from_list([{"prompt": [{"role": "system", "content": system}, *t.prompt], "answer": t.reference} for t in tasks])
+    ds = Dataset.from_list([{"prompt": t.prompt, "answer": t.reference} for t in tasks])
     verifier = MathVerifier()
 
     def math_reward(prompts, completions, answer, **kwargs):

@@ -50,12 +50,11 @@ def parse_config(argv: list[str]) -> tuple[Any, str | None]:
     fields = ", ".join(
         f"--{name} ({f.default!r})" if f.default is not dataclasses.MISSING else f"--{name} ({f.default_factory()!r})"
         for name, f in defaults.items()
-        if name != "system_prompt"
     )
     parser = argparse.ArgumentParser(
         prog="python -m rlvr.train",
         description="GRPO with verifiable rewards. Any GRPOConfig field is a --flag; see docs/training.md.",
-        epilog=f"GRPOConfig fields (default): {fields}, --system_prompt TEXT",
+        epilog=f"GRPOConfig fields (default): {fields}",
     )
     parser.add_argument("--config", help="YAML file of GRPOConfig fields")
     parser.add_argument("--trainer", default="grpo", choices=TRAINERS, help="training method (default grpo)")

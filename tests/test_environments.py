@@ -107,3 +107,10 @@ def test_dataset_environment_from_saved_dataset(tmp_path):
     assert len(env.tasks("train")) + len(env.tasks("test")) == 10
     assert isinstance(env, DatasetEnvironment)
     assert env.tasks("train")[0].prompt[0]["role"] == "user"
+
+
+def test_arithmetic_system_message_shows_the_format():
+    [task] = Arithmetic(ops="*", n_test=1).tasks("test")
+    assert task.prompt[0]["role"] == "system" and "a * b = c" in task.prompt[0]["content"] and "\\boxed{6}" in task.prompt[0]["content"]
+    assert [m["role"] for m in Arithmetic(show_format=False).tasks("test")[0].prompt] == ["user"]
+    assert Arithmetic(system_prompt="Be brief.").tasks("test")[0].prompt[0] == {"role": "system", "content": "Be brief."}

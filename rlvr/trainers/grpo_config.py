@@ -24,11 +24,6 @@ SCHEDULERS = ("constant", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
-DEFAULT_SYSTEM_PROMPT = (
-    'You are a calculator. Reply in exactly this format: "a + b = c, so the answer is \\boxed{c}." '
-    'For example: "2 + 3 = 5, so the answer is \\boxed{5}."'
-)
-
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field and the fix."""
@@ -47,8 +42,8 @@ class GRPOConfig:
     """Keyword arguments for the environment (e.g. ``{"digits": 2}``)."""
     verifier: str | None = None
     """Score with this registered verifier instead of the environment's own reward."""
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    """A system message put before every prompt, train and eval alike (``None`` = none); the default shows the ``\\boxed{}`` format."""
+    system_prompt: str | None = None
+    """A system message put before every prompt that has none, train and eval alike (the default ``arithmetic`` env brings its own)."""
 
     # --- generation -------------------------------------------------------------------
     generator: str = "auto"
