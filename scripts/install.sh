@@ -12,7 +12,7 @@ SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-apt_pkgs=(bubblewrap)
+apt_pkgs=(bubblewrap python3)  # the sandboxes run programs with the system /usr/bin/python3
 [[ $want_test == 1 ]] && apt_pkgs+=(docker.io)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
