@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import tiny_causal_lm
+from transformers import AutoTokenizer
 
 from rlvr.generation import HFGenerator, SamplingConfig, encode_prompt, make_generator, vllm_available
 from rlvr.models import resolve_model
@@ -15,21 +16,8 @@ pytestmark = pytest.mark.slow
 PROMPTS = [[{"role": "user", "content": "What is 2 + 2?"}], "Plain text prompt"]
 
 
-def tiny_model(tokenizer, seed: int = 0, hidden: int = 32, heads: int = 4) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=max(heads // 2, 1),
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+def tiny_model(tokenizer, seed: int = 0, hidden: int = 32, heads: int = 4):
+    return tiny_causal_lm(tokenizer, seed=seed, hidden=hidden, heads=heads).eval()
 
 
 @pytest.fixture(scope="module")

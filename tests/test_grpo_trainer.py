@@ -10,7 +10,8 @@ import time
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import tiny_causal_lm
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from rlvr.environments.base import Task
 from rlvr.models import resolve_model
@@ -21,21 +22,8 @@ from rlvr.trainers.grpo_trainer import GRPOTrainer
 pytestmark = pytest.mark.slow
 
 
-def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
+def tiny_model(tokenizer, seed: int = 0):
+    return tiny_causal_lm(tokenizer, seed=seed)
 
 
 @pytest.fixture(scope="module")

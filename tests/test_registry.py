@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import pip_install_target, subprocess_env
+
 from rlvr.registry import RegistryError, list_environments, list_verifiers, load_environment, load_verifier
 from rlvr.rewards import Sample, Status
 

@@ -10,9 +10,9 @@ import os
 import time
 
 import pytest
+from test_sandbox_bubblewrap import FAST, SandboxContract
 
 from rlvr.sandboxes import Limits, get_sandbox
-from test_sandbox_bubblewrap import FAST, SandboxContract
 
 
 def _docker_sandbox(**kwargs):

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import tiny_causal_lm
+from transformers import AutoTokenizer
 
 from rlvr.models import resolve_model
 from rlvr.train import main, parse_config
@@ -69,21 +69,7 @@ def test_yaml_config_plus_overrides(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_tiny_model_and_resume(tmp_path):
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
+    model = tiny_causal_lm(tok, seed=0)
     model.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "run"
