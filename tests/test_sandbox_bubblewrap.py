@@ -299,3 +299,30 @@ def test_runs_as_unprivileged_user_without_capabilities():
     )
     assert r.stdout.startswith("65534 65534\n"), r
     assert "CapEff:\\t0000000000000000" in r.stdout and "NoNewPrivs:\\t1" in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bwrap drops to host uid 65534 only when started by root")
+@pytest.mark.parametrize("via_setpriv", [True, False], ids=["setpriv", "popen-user"])
+def test_bwrap_itself_runs_as_host_nobody_without_groups(via_setpriv):
+    """Under root the bwrap process is host uid/gid 65534 with no supplementary groups and no
+    capabilities, whether it is dropped there by setpriv(1) or by Popen's user=/group=."""
+    box = get_sandbox("bubblewrap", warm=0)
+    if via_setpriv and box._setpriv is None:
+        pytest.skip("setpriv(1) is not installed (util-linux)")
+    if not via_setpriv:
+        box._setpriv = None
+    started = box._start()
+    try:
+        seen = b""
+        while b"child-pid" not in seen:  # bwrap is up (setpriv has exec'd it) once it reports its child
+            chunk = os.read(started.status_r, 4096)
+            assert chunk, f"bwrap did not start: {started.proc.stderr.read()!r}"
+            seen += chunk
+        status = Path(f"/proc/{started.proc.pid}/status").read_text()
+    finally:
+        started.discard()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split() == ["65534"] * 4, status
+    assert fields["Gid"].split() == ["65534"] * 4, status
+    assert fields["Groups"].split() == [], status
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0, status

@@ -165,8 +165,11 @@ class CodeVerifier:
             if not isinstance(plan, Outcome):
                 jobs.extend((i, run) for run in plan["runs"])
         start = time.monotonic()
-        with ThreadPoolExecutor(self.max_workers) as pool:
-            results = list(pool.map(lambda job: self.sandbox.run(**job[1]["call"]), jobs)) if jobs else []
+        if len(jobs) <= 1 or self.max_workers == 1:  # no threads to start for one run
+            results = [self.sandbox.run(**job[1]["call"]) for job in jobs]
+        else:
+            with ThreadPoolExecutor(min(self.max_workers, len(jobs))) as pool:
+                results = list(pool.map(lambda job: self.sandbox.run(**job[1]["call"]), jobs))
         by_sample: dict[int, list[tuple[dict, ExecResult]]] = {}
         for (i, run), result in zip(jobs, results):
             by_sample.setdefault(i, []).append((run, result))
@@ -471,17 +474,23 @@ def send(fd, text):
         data = data[n:]
 
 
+_pending = {}  # fd -> bytes read past the last message (a header and its body usually arrive in one read)
+
+
 def recv_exact(fd, n, deadline):
-    buf = b""
+    buf = _pending.pop(fd, b"")
     while len(buf) < n:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise TimeoutError
-        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        chunk = os.read(fd, min(max(n - len(buf), 1 << 16), 1 << 20))
         if not chunk:
             raise EOFError
         buf += chunk
+    if len(buf) > n:
+        _pending[fd] = buf[n:]
+        return buf[:n]
     return buf
 
 
@@ -607,6 +616,7 @@ def main():
             except OSError:
                 pass
         for fd in state["cand"][1:]:
+            _pending.pop(fd, None)  # the fd number may be reused by the next candidate's pipe
             try:
                 os.close(fd)
             except OSError:
@@ -699,6 +709,9 @@ def main():
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # every result line is out; skip the interpreter's teardown
 elif __name__ == "cand":
     serve(int(sys.argv[1]), int(sys.argv[2]))
 '''
