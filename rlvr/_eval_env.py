@@ -95,10 +95,12 @@ def evaluate_environment(
 def _load_generator(path: str, kind: str) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.generation import make_generator
+    from rlvr.generation import make_generator, vllm_available
 
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "hf"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = None if kind == "vllm" else AutoModelForCausalLM.from_pretrained(path)
+    model = None if kind == "vllm" else AutoModelForCausalLM.from_pretrained(path)  # vLLM loads its own copy
     return make_generator(kind, model, tokenizer, model_path=path)
 
 

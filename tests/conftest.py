@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,15 @@ def plugin_site(tmp_path_factory) -> Path:
     yield site
     sys.path.remove(str(site))
     importlib.invalidate_caches()
+
+
+@pytest.fixture
+def fake_dir():
+    """A directory the unprivileged sandbox user can reach (bwrap runs as uid 65534 under root)."""
+    path = Path(tempfile.mkdtemp(prefix="rlvr-fake-bwrap-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 def subprocess_env(*extra_paths: Path) -> dict[str, str]:

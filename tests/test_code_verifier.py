@@ -10,8 +10,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -229,15 +227,6 @@ def test_broken_sandbox_is_error_not_zero(fake_dir):
     (outcome,) = verifier.score([Sample("p", "def add(a, b): return a + b", ADD)])
     assert outcome.status is Status.ERROR and outcome.score is None
     assert "namespace" in outcome.reason
-
-
-@pytest.fixture
-def fake_dir():
-    """A directory the unprivileged sandbox user can reach (bwrap runs as uid 65534 under root)."""
-    path = Path(tempfile.mkdtemp(prefix="rlvr-fake-bwrap-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.mark.parametrize(

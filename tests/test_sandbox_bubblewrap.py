@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -266,15 +265,6 @@ def test_missing_bwrap_fails_closed(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RuntimeError, match="apt-get install -y bubblewrap"):
         get_sandbox("bubblewrap")
-
-
-@pytest.fixture
-def fake_dir():
-    """A directory the unprivileged sandbox user can reach (bwrap runs as uid 65534 under root)."""
-    path = Path(tempfile.mkdtemp(prefix="rlvr-fake-bwrap-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_broken_bwrap_is_sandbox_error(fake_dir):

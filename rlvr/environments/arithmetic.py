@@ -11,21 +11,14 @@ is ever a training problem. With one-digit ``+`` there are 100 distinct problems
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 
-from rlvr.environments.base import Environment, Task
+from rlvr.environments.base import Environment, Task, in_test_split
 from rlvr.rewards import Reward
 
 INSTRUCTION = "Put your final answer in \\boxed{}."
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def in_test_split(key: str, test_fraction: float) -> bool:
-    """Whether the item named ``key`` belongs to the test split (a stable hash, not a RNG)."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
 
 def format_prompt(op: str) -> str:

@@ -21,6 +21,7 @@ finds it.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 from rlvr.rewards import Reward, Sample
 
-__all__ = ["Task", "Environment", "SPLITS"]
+__all__ = ["Task", "Environment", "SPLITS", "in_test_split"]
 
 SPLITS = ("train", "test")
 
@@ -68,3 +69,9 @@ class Environment(ABC):
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"{self.name}: unknown split {split!r}; use one of {SPLITS}")
+
+
+def in_test_split(key: str, test_fraction: float) -> bool:
+    """Whether the item named ``key`` belongs to the test split (a stable hash, not a RNG)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction

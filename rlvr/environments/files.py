@@ -14,8 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlvr.environments.arithmetic import in_test_split
-from rlvr.environments.base import Environment, Task
+from rlvr.environments.base import Environment, Task, in_test_split
 from rlvr.rewards import Reward
 
 logger = logging.getLogger(__name__)

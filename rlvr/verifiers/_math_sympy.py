@@ -482,16 +482,10 @@ class _Parser:
                 except ValueError as exc:
                     raise ParseError(str(exc)) from exc
             return v
-        if tok == "(":
+        if tok in ("(", "["):
             self.enter()
             v = self.expr()
-            self.expect(")")
-            self.depth -= 1
-            return v
-        if tok == "[":
-            self.enter()
-            v = self.expr()
-            self.expect("]")
+            self.expect(")" if tok == "(" else "]")
             self.depth -= 1
             return v
         if tok == "{":
