@@ -9,7 +9,8 @@ real golds from MATH-500 and GSM8K; completions are model-style text ending in
 - equivalent rewrites (expected true) are computed exactly from the gold: the same
   rational written as a decimal, ``\dfrac``, ``a/b``, an unreduced fraction, a mixed
   number, with ``$``/units/``\text{}``; a list reordered; ``x = v`` for ``v``; an angle
-  in degrees as radians; an interval as an inequality; a set in another order;
+  in degrees as radians; an interval as an inequality; a set in another order; a residue
+  class in another form; a decimal reference's exact value or a 3+-digit rounding of it;
 - near misses (expected false) change the value: off by one, the wrong sign, the
   reciprocal, a truncated decimal (0.333 for 1/3), 1/2^99 for 1/2^98, a tuple in the
   wrong order, an interval with the wrong bracket, one list element missing, a hedge
@@ -167,6 +168,16 @@ STRUCTURED = [
     ("1 \\pm \\sqrt{5}", [("1 + \\sqrt{5}, 1 - \\sqrt{5}", True, "plus-minus expanded"), ("1 + \\sqrt{5}", False, "one root only")]),
     ("4.5", [("\\frac{9}{2}", True, "decimal as fraction"), ("4\\frac{1}{2}", True, "mixed number"), ("4.6", False, "off by 0.1")]),
     ("1.5 \\times 10^{3}", [("1500", True, "scientific notation"), ("1.5e3", True, "e-notation"), ("150", False, "wrong power")]),
+    # a decimal reference of 3+ significant digits is itself a rounded value
+    ("41.494", [("17 + 10\\sqrt{6}", True, "exact form of a truncated decimal reference"), ("41.49", True, "coarser rounding, 4 digits"), ("41.4", False, "wrongly rounded"), ("17 + 10\\sqrt{5}", False, "wrong radical")]),
+    ("165.47", [("165.5 \\text{ grams}", True, "coarser rounding with a unit"), ("165.4", False, "wrongly rounded"), ("170", False, "two significant digits")]),
+    ("2.5", [("2.54", False, "a short decimal reference is exact"), ("\\frac{5}{2}", True, "decimal as fraction")]),
+    # residue classes
+    ("n \\equiv 2 \\pmod{4}", [("n = 4k + 2", True, "residue class as a linear form"), ("\\text{all } n \\text{ congruent to 2 modulo 4}", True, "residue class in words"), ("n = 4k", False, "other residue"), ("n \\equiv 2 \\pmod{8}", False, "other modulus")]),
+    ("6k \\pm 1", [("n \\equiv 1, 5 \\pmod 6", True, "classes as a congruence"), ("n \\equiv 1 \\pmod 6", False, "one class missing")]),
+    # sentences with quantities, and sign statements
+    ("Each adult ticket costs $12$ dollars, and each child ticket costs $7$ dollars.", [("12 \\text{ dollars (adult)}, 7 \\text{ dollars (child)}", True, "quantities clause by clause"), ("7 \\text{ dollars (adult)}, 12 \\text{ dollars (child)}", False, "quantities swapped"), ("12, 8", False, "one quantity wrong")]),
+    ("The sum is less than zero.", [("a_1 + a_2 + a_3 < 0", True, "sign sentence as an inequality"), ("a_1 + a_2 + a_3 > 0", False, "opposite sign"), ("a_1 + a_2 + a_3 \\le 0", False, "non-strict")]),
 ]
 
 

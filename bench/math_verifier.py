@@ -83,8 +83,9 @@ def run_file(name: str, path: Path, options: dict, row_kwargs: bool, repeat: int
 
 
 VARIANTS = [
-    ("defaults (exact numbers, phrase_match on)", {}),
+    ("defaults (stated-precision decimals, phrase_match on)", {}),
     ("phrase_match=False", {"phrase_match": False}),
+    ("gold_precision=False (every number exact)", {"gold_precision": False}),
     ("rel_tol=1e-3 (explicit tolerance)", {"rel_tol": 1e-3}),
 ]
 

@@ -202,6 +202,50 @@ NEW_FAMILIES = [
     ("90^", B(r"45^\circ"), False),
 ]
 
+# A reference written as a decimal of 3+ significant digits is itself a rounded value
+STATED_PRECISION = [
+    ("41.494", B(r"17 + 10\sqrt{6}"), True),  # 41.49490 truncated by the dataset
+    ("41.5", B(r"17 + 10\sqrt{6}"), True),  # ... or rounded
+    ("41.494", B(r"17 + 10\sqrt{5}"), False),
+    ("6.01", B(r"6\frac{1}{64}"), True),  # 6.015625
+    ("6.018", B(r"6\frac{1}{64}"), False),  # neither its rounding nor its truncation
+    ("165.47", B(r"165.5 \text{ grams}"), True),  # a coarser answer that is the rounding
+    ("165.47", B("165.4"), False),
+    (r"117.95\%", B(r"118\%"), True),
+    ("299.94", B("300"), False),  # "300" states one significant digit
+    (r"1.27\%", B(r"1.3\%"), False),  # two digits are too few
+    (r"113.4\%", B(r"113.33\%"), False),
+    ("2.5", B("2.54"), False),  # a short decimal is exact
+    ("2.5", B(r"\frac{5}{2}"), True),
+    (r"\frac{600}{7}", B("85.71"), False),  # an exact reference is never rounded
+]
+
+RENT = "The rent for each $A$ room is $240$ yuan, and for each $B$ room is $210$ yuan."
+NEW_ANSWER_N = r"n = 4k+2 \text{ or } n = 4k+3 \text{ where } k \in \mathbb{N}_0"
+WORDS_AS_MATH = [
+    # residue classes: congruences, linear forms, words
+    (r"n \equiv 2 \pmod{4}", B("n = 4k + 2"), True),
+    (r"n \equiv 2 \pmod{4}", B(r"4k + 6, \ k \in \mathbb{Z}"), True),
+    (r"n \equiv 2 \pmod{4}", B("n = 4k"), False),
+    (r"n \equiv 2 \pmod{4}", B(r"n \equiv 2 \pmod{8}"), False),
+    (NEW_ANSWER_N, B(r"\text{those congruent to 2 or 3 modulo 4}"), True),
+    (NEW_ANSWER_N, B(r"\text{those congruent to 2 modulo 4}"), False),
+    (r"6k \pm 1", B(r"n \equiv 1, 5 \pmod 6"), True),
+    (r"6k \pm 1", B(r"n \equiv 1 \pmod 6"), False),
+    ("4k + 2", B("4k + 6"), False),  # expressions, not classes: no congruence anywhere
+    # a sentence's quantities, clause by clause, labels in place
+    (RENT, B(r"240 \text{ yuan (A)},\ 210 \text{ yuan (B)}"), True),
+    (RENT, B(r"240 \text{ yuan (A)},\ 220 \text{ yuan (B)}"), False),
+    (RENT, B(r"240 \text{ yuan (B)},\ 210 \text{ yuan (A)}"), False),
+    (RENT, B("210, 240"), False),
+    (RENT.replace("is $240$", "is not $240$"), B("240, 210"), False),
+    # a sentence stating a sign, and the inequality
+    ("The sum is less than zero.", B("f(x_1) + f(x_2) + f(x_3) < 0"), True),
+    ("The sum is less than zero.", B("f(x_1) + f(x_2) + f(x_3) > 0"), False),
+    ("The sum is less than zero.", B(r"f(x_1) + f(x_2) + f(x_3) \le 0"), False),
+    ("The product is non-negative.", B(r"abc \geq 0"), True),
+]
+
 EXTRACTION = [
     # the LAST box is the answer: a self-correction counts ...
     ("3", r"So $\boxed{2}$. Wait, I made an error; redoing it gives $\boxed{3}$.", True),
@@ -219,7 +263,7 @@ EXTRACTION = [
 
 @pytest.mark.parametrize(
     "reference,completion,expected",
-    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + NEW_FAMILIES + EXTRACTION,
+    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + NEW_FAMILIES + STATED_PRECISION + WORDS_AS_MATH + EXTRACTION,
 )
 def test_equivalence_table(verifier, reference, completion, expected):
     [out] = verifier.score([Sample("", completion, reference=reference)])
@@ -285,6 +329,19 @@ def test_reference_rounded_decimal_accepts_exact_answer():
     v = MathVerifier(isolate=False)
     rows = [("0.458", r"\frac{27}{59}", 1.0), ("0.458", r"\frac{27}{58}", 0.0), ("41.4\\%", r"\sqrt{2}-1", 1.0)]
     assert [o.score for o in v.score([Sample("", B(p), reference=g) for g, p, _ in rows])] == [e for _, _, e in rows]
+
+
+def test_stated_precision_is_opt_out():
+    rows = [Sample("", B(r"17 + 10\sqrt{6}"), reference="41.494"), Sample("", B("165.5"), reference="165.47")]
+    assert [o.score for o in MathVerifier(isolate=False).score(rows)] == [1.0, 1.0]
+    assert [o.score for o in MathVerifier(gold_precision=False, isolate=False).score(rows)] == [0.0, 0.0]
+
+
+def test_unboxed_residue_classes_are_read_whole_by_the_whole_fallback():
+    v = MathVerifier(fallbacks=("whole", "last_number"), isolate=False)
+    [out] = v.score([Sample("", "those congruent to 2 or 3 modulo 4", reference=NEW_ANSWER_N)])
+    assert out.score == 1.0, out.reason
+    assert "residue classes" in out.reason
 
 
 def test_extraction_of_last_box_handles_nesting_and_huge_text():

@@ -60,7 +60,11 @@ from rlvr.verifiers._math_text import (
     normalize,
     parse_number,
     phrase_match,
+    quantities_match,
+    residues_equal,
+    sign_statement_match,
     split_top_level,
+    stated_precision,
 )
 
 MAX_DIGITS = 10_000
@@ -761,6 +765,7 @@ class Node:
     decimals: int = 0
     percent: bool = False
     name: str = ""
+    sig: int = 0  # significant digits of a plain decimal as written (0: not one)
     text: str = ""
     degrees: bool = False
 
@@ -838,7 +843,7 @@ def _max_decimals(s: str) -> int:
 def _expr_node(s: str, percent: bool = False) -> Node:
     num = parse_number(s)
     if num is not None:
-        return Node("expr", Rational(num.value.numerator, num.value.denominator), decimals=num.decimals, percent=percent, text=s)
+        return Node("expr", Rational(num.value.numerator, num.value.denominator), decimals=num.decimals, percent=percent, text=s, sig=num.sig)
     m = re.fullmatch(r"([^:]+):([^:]+)", s)
     if m:  # a ratio a:b is the number a/b
         a, b = latex_to_sympy(m.group(1)), latex_to_sympy(m.group(2))
@@ -911,7 +916,7 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
             return Node("seq", items=[parse_answer(x, depth + 1) for x in items], brackets="", text=s)
     num = parse_number(s)
     if num is not None:
-        return Node("expr", Rational(num.value.numerator, num.value.denominator), decimals=num.decimals, text=s)
+        return Node("expr", Rational(num.value.numerator, num.value.denominator), decimals=num.decimals, text=s, sig=num.sig)
     m = re.fullmatch(r"([A-Za-z][A-Za-z ]+?(?:\s+(?:\d+|\([a-z]\)))?)\s*:\s*(.+)", s)
     if m and len(m.group(1).strip()) > 1:  # "Paolo: 18", "Sequence 1: -2" -- a labelled value
         return Node("assign", name=m.group(1), items=[parse_answer(m.group(2), depth + 1)], text=s)
@@ -1161,20 +1166,33 @@ def scalar_equal(g: Node, p: Node, opts: Options) -> tuple[bool, str]:
             gv = gv * pi / 180
         elif p.degrees and gv.has(pi):
             pv = pv * pi / 180
-    candidates = [(gv, "")]
+    # (value, tag, shift of the reference's decimals)
+    candidates = [(gv, "", 0)]
     if g.percent and not p.percent:
-        candidates.append((gv / 100, " (percent)"))
+        candidates.append((gv / 100, " (percent)", 2))
     if p.percent and not g.percent:
-        same = [(gv, "")] if g.kind == "expr" and isinstance(gv, Rational) and gv.q in (1,) or (g.decimals and isinstance(gv, Rational)) else []
-        candidates = [(gv * 100, " (percent)")] + same
-    for target, tag in candidates:
-        ok, how = _value_equal(target, pv, g, p, opts, percent_scaled=bool(tag))
+        same = [(gv, "", 0)] if g.kind == "expr" and isinstance(gv, Rational) and gv.q in (1,) or (g.decimals and isinstance(gv, Rational)) else []
+        candidates = [(gv * 100, " (percent)", -2)] + same
+    for target, tag, shift in candidates:
+        ok, how = _value_equal(target, pv, g, p, opts, decimals_shift=shift)
         if ok:
             return True, how + tag
     return False, how
 
 
-def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options, percent_scaled: bool) -> tuple[bool, str]:
+def _as_fraction(x: sympy.Expr) -> Fraction | None:
+    """An exact rational, or a 50-digit evaluated real, as a Fraction (None if complex)."""
+    if isinstance(x, Rational):
+        return Fraction(int(x.p), int(x.q))
+    if not x.is_real:
+        return None
+    try:
+        return Fraction(str(sympy.Float(x, 50)))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options, decimals_shift: int = 0) -> tuple[bool, str]:
     if gv == pv:
         return True, "exact"
     if isinstance(gv, Rational) and isinstance(pv, Rational) and not (opts.rel_tol or (opts.gold_precision and g.decimals)):
@@ -1188,10 +1206,11 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
             return True, "numeric (50 digits)"
         if opts.rel_tol and (g.decimals or p.decimals) and _num_close(a, b, sympy.Float(opts.rel_tol, 30)):
             return True, f"numeric within rel_tol={opts.rel_tol:g}"
-        if opts.gold_precision and g.decimals and (p.decimals == 0 or p.decimals > g.decimals):
-            d = g.decimals + (2 if percent_scaled else 0)
-            if abs(a - b) <= sympy.Rational(1, 2) * sympy.Rational(1, 10**d) * (1 + sympy.Float("1e-12")):
-                return True, f"rounds to the reference's {g.decimals} decimals"
+        if opts.gold_precision and g.decimals:
+            fa, fb = _as_fraction(gv if isinstance(gv, Rational) else a), _as_fraction(pv if isinstance(pv, Rational) else b)
+            how = stated_precision(fa, max(0, g.decimals + decimals_shift), g.sig, fb, p.decimals, p.sig) if fa is not None and fb is not None else None
+            if how:
+                return True, how
         return False, "values differ"
     gs, ps = gv.free_symbols, pv.free_symbols
     if gs != ps:
@@ -1514,8 +1533,13 @@ def _infinitely_many(text: str) -> bool:
 
 def _text_rules(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None:
     """Rules for answers written in words, tried after the mathematical comparison failed:
-    "infinitely many" is the count ``\\infty``, and (``opts.phrases``) a short phrase stated
-    as the subject or predicate of a one-clause sentence (:func:`phrase_match`)."""
+    "infinitely many" is the count ``\\infty``; residue classes in any of their forms
+    (:func:`residues_equal`); and (``opts.phrases``) a short phrase stated as the subject or
+    predicate of a one-clause sentence (:func:`phrase_match`), a sentence's quantities
+    listed clause by clause (:func:`quantities_match`), a sentence stating a sign and the
+    inequality (:func:`sign_statement_match`)."""
+    if residues_equal(gold, pred):
+        return True, "the same residue classes"
     for words, other in ((gold, pred), (pred, gold)):
         if len(words) < 80 and _infinitely_many(words):
             try:
@@ -1524,8 +1548,13 @@ def _text_rules(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None:
                 continue
             if node.kind == "expr" and node.value == oo:
                 return True, "'infinitely many' is \\infty"
-    if opts.phrases and phrase_match(gold, pred):
-        return True, "text: the phrase is the sentence's subject or predicate"
+    if opts.phrases:
+        if phrase_match(gold, pred):
+            return True, "text: the phrase is the sentence's subject or predicate"
+        if quantities_match(gold, pred):
+            return True, "text: the sentence's quantities, clause by clause"
+        if sign_statement_match(gold, pred):
+            return True, "text: the sign the sentence states"
     return None
 
 

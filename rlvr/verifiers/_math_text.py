@@ -12,6 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from math import gcd
 
 __all__ = [
     "FALLBACKS",
@@ -21,7 +22,13 @@ __all__ = [
     "extract_reference",
     "normalize",
     "parse_number",
+    "phrase_match",
+    "quantities_match",
+    "residue_classes",
+    "residues_equal",
+    "sign_statement_match",
     "split_top_level",
+    "stated_precision",
     "strip_approx",
 ]
 
@@ -201,7 +208,10 @@ _OK_WORDS: list[re.Pattern] = []
 
 
 def _looks_like_answer(s: str) -> bool:
-    """A short text that is an answer, not a sentence: words only as units or in \\text{}."""
+    """A short text that is an answer, not a sentence: words only as units or in \\text{},
+    or a statement of residue classes ("those congruent to 2 or 3 modulo 4")."""
+    if ("mod" in s or "equiv" in s) and residue_classes(s) is not None:
+        return True
     bare = re.sub(r"\\(?:text|textbf|mbox|mathrm|textnormal|begin|end|operatorname)\s*\{[^{}]*\}", " ", s)
     if re.match(r"^(?:\s*[A-Za-z]+\s*[:=]\s*[-\d.]+\s*,)+\s*[A-Za-z]+\s*[:=]\s*[-\d.]+\s*$", bare):
         bare = re.sub(r"[A-Za-z]+\s*[:=]", " ", bare)  # "Maximum = 2, Minimum = 1", "Paolo: 18, Qing: 14"
@@ -479,6 +489,47 @@ class Number:
 
     value: Fraction
     decimals: int  # digits after the decimal point as written (0 for integers and fractions)
+    sig: int = 0  # significant digits as written (``165.50``: 5, ``300``: 1); 0 for fractions
+
+
+def _sig_digits(int_part: str, frac_part: str) -> int:
+    """Significant digits of a written decimal: leading zeros never count, trailing zeros
+    of an integer do not (``300`` states one digit), those after a decimal point do."""
+    digits = (int_part + frac_part).lstrip("0")
+    if not frac_part:
+        digits = digits.rstrip("0")
+    return len(digits)
+
+
+def stated_precision(g: Fraction, g_dec: int, g_sig: int, p: Fraction, p_dec: int, p_sig: int) -> str | None:
+    """Decimal answers agree at the precision they state, or None.
+
+    The rules apply only when the reference ``g`` is written as a decimal with at least 3
+    significant digits (``41.494``, ``165.47``, ``0.458``): such a reference is already a
+    rounded value. A short one (``2.5``, ``0.75``) is taken as exact. ``p`` is the
+    answer's exact value, or a 50-digit approximation of it; ``p_dec``/``p_sig`` describe
+    it as written (both 0 for an exact form such as ``17 + 10\\sqrt{6}``).
+
+    1. An answer at least as precise as the reference (an exact form, an integer, or more
+       decimals) is accepted when its value rounds or truncates to the reference at the
+       reference's decimals -- datasets do both: ``41.5`` accepts ``41.4949``, ``41.494``
+       accepts ``17 + 10\\sqrt{6}`` = 41.49490, ``6.01`` accepts ``6 1/64`` = 6.015625.
+    2. A coarser decimal answer with at least 3 significant digits is accepted when it is
+       the reference rounded to the answer's own decimals (``165.5`` for ``165.47``,
+       ``118`` for ``117.95``); ``1.3`` for ``1.27`` (two digits) and ``300`` for
+       ``299.94`` (one) state too little to tell a rounding from a different value.
+    """
+    if not g_dec or g_sig < 3 or g == 0:
+        return None
+    unit = Fraction(1, 10**g_dec)
+    if p_dec == 0 or p_dec > g_dec:
+        if abs(g - p) <= unit / 2:
+            return f"rounds to the reference's {g_dec} decimals"
+        if 0 <= (p - g) * (1 if g > 0 else -1) < unit:
+            return f"truncates to the reference's {g_dec} decimals"
+    if p_sig >= 3 and p_dec < g_dec and abs(g - p) <= Fraction(1, 2 * 10**p_dec):
+        return f"the reference rounded to the answer's {p_dec} decimals"
+    return None
 
 
 _INT = r"(?:[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d{0,2}(?: \d{3})+|\d+)"
@@ -511,12 +562,13 @@ def parse_number(s: str) -> Number | None:
             if abs(e) > MAX_EXPONENT:
                 return None
             val *= Fraction(10) ** e
-        return Number(-val if sign == "-" else val, len(fp) if ex is None else max(0, len(fp) - int(ex)))
+        sig = _sig_digits(ip, fp) if ex is None else len((ip + fp).lstrip("0"))
+        return Number(-val if sign == "-" else val, len(fp) if ex is None else max(0, len(fp) - int(ex)), sig)
     m = _COMMA_DEC_RE.match(s)
     if m and (len(m.group(3)) != 3 or m.group(2).startswith("0")):
         sign, ip, fp = m.groups()
         val = Fraction(int(ip + fp), 10 ** len(fp))
-        return Number(-val if sign == "-" else val, len(fp))
+        return Number(-val if sign == "-" else val, len(fp), _sig_digits(ip, fp))
     m = _FRAC_RE.match(s)
     if m:
         g = m.groups()
@@ -633,3 +685,171 @@ def phrase_match(reference: str, answer: str, max_phrase_words: int = 4, max_sen
         if subject or predicate:
             return True
     return False
+
+
+# ----------------------------------------------------------------------------------------
+# Mathematics stated in words: residue classes, quantities in a sentence, signs
+# ----------------------------------------------------------------------------------------
+
+_MOD_WORD = r"(?:\\pmod|\\bmod|\\mod|\\operatorname\s*\{\s*mod\s*\}|\\text\s*\{\s*mod\s*\}|\\mathrm\s*\{\s*mod\s*\}|modulo|mod)"
+_INT_LIST = r"(?:[+-]|\\pm\s*)?\d+(?:\s*(?:,\s*(?:or\s+)?|or\s+|\\text\s*\{\s*or\s*\}\s*)(?:[+-]|\\pm\s*)?\d+)*"
+# "n \equiv 2 \pmod{4}", "\equiv 1, 3 (mod 8)", "congruent to 2 or 3 modulo 4"
+_CONGRUENCE_RE = re.compile(
+    r"(?:\\equiv|≡|congruent\s+to)\s*(" + _INT_LIST + r")\s*\(?\s*\\?\(?\s*" + _MOD_WORD + r"\s*\{?\s*(\d+)\s*\}?\s*\)?"
+)
+# "n = 4k + 2", "4k+3", "6m - 1", "2 + 4k", "4k" (a linear form in an integer parameter)
+_LINEAR_FORM_RE = re.compile(
+    r"(?<![A-Za-z\d])(?:[a-z]\s*=\s*)?(?:(\d+)\s*(?:\\cdot|\\times|\*)?\s*([a-z])\s*(?:([+-]|\\pm|\\mp)\s*(\d+))?|(\d+)\s*([+-])\s*(\d+)\s*(?:\\cdot|\\times|\*)?\s*([a-z]))(?![A-Za-z\d(])"
+)
+# what may surround the forms: "those", "all integers", "or", "where k \in \mathbb{N}_0", ...
+_RESIDUE_FILLER = frozenset(
+    {
+        "or", "and", "those", "all", "the", "integers", "integer", "numbers", "number", "natural",
+        "whole", "positive", "nonnegative", "non", "negative", "that", "are", "which", "is", "of",
+        "form", "in", "for", "where", "with", "some", "any", "k", "m", "t", "j", "l", "n", "x",
+        "an", "a",
+    }
+)
+
+
+def residue_classes(s: str) -> tuple[int, frozenset[int], bool] | None:
+    """Read an answer that is a union of residue classes: ``n \\equiv 2 \\pmod 4``,
+    ``those congruent to 2 or 3 modulo 4``, ``n = 4k+2 \\text{ or } n = 4k+3``.
+
+    Returns ``(modulus, residues, stated_as_congruence)`` with every class lifted to the
+    least common modulus, or None when ``s`` says anything besides the classes (a word
+    outside a small list of fillers such as "those", "or", "where k is an integer").
+    """
+    if len(s) > 300:
+        return None
+    text = repair_escapes(s).replace("$", " ")
+    text = re.sub(r"\\(?:left|right)\b|\\[,;!: ]|~", " ", text)
+    text = re.sub(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}", r" \1 ", text)
+    classes: list[tuple[int, list[int]]] = []
+    congruence = False
+
+    def take_congruence(m: re.Match) -> str:
+        nonlocal congruence
+        congruence = True
+        found = re.findall(r"(\\pm\s*|[+-])?(\d+)", m.group(1))
+        classes.append((int(m.group(2)), [k * int(d) for sign, d in found for k in ((1, -1) if sign.startswith("\\") else (-1 if sign == "-" else 1,))]))
+        return " "
+
+    text = _CONGRUENCE_RE.sub(take_congruence, text)
+    if not congruence:
+        params: set[str] = set()
+
+        def take_form(m: re.Match) -> str:
+            if m.group(1) is not None:
+                mod, param, sign, off = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+                rs = [0] if off is None else [int(off), -int(off)] if sign in ("\\pm", "\\mp") else [int(off) * (-1 if sign == "-" else 1)]
+            else:
+                off, sign, mod, param = int(m.group(5)), m.group(6), int(m.group(7)), m.group(8)
+                if sign == "-":
+                    return m.group(0)  # "2 - 4k" is a class too, but rare; leave it unread
+                rs = [off]
+            params.add(param)
+            classes.append((mod, rs))
+            return " "
+
+        text = _LINEAR_FORM_RE.sub(take_form, text)
+        if len(params) > 1:
+            return None
+    if not classes or any(mod < 2 or mod > 10_000 for mod, _ in classes):
+        return None
+    text = re.sub(r"\\mathbb\s*\{\s*[NZ]\s*\}|\\in\b|∈|_\s*\{?\s*0\s*\}?|(?:\\geq?|≥)\s*0|[{}(),.;:]", " ", text)
+    if any(w.lower() not in _RESIDUE_FILLER for w in re.findall(r"[A-Za-z]+", text)) or re.search(r"[\d=<>+*/^]", text):
+        return None
+    lcm = 1
+    for mod, _ in classes:
+        lcm = lcm * mod // gcd(lcm, mod)
+        if lcm > 10_000:
+            return None
+    residues = frozenset(r % lcm for mod, rs in classes for r0 in rs for r in range(r0 % mod, lcm, mod))
+    return lcm, residues, congruence
+
+
+def residues_equal(reference: str, answer: str) -> bool:
+    """The same union of residue classes, one side stated as a congruence (``n = 4k+2``
+    alone is an expression, compared as one elsewhere)."""
+    if not ("mod" in reference or "mod" in answer or "\\equiv" in reference + answer or "≡" in reference + answer):
+        return False
+    a, b = residue_classes(reference), residue_classes(answer)
+    if a is None or b is None or not (a[2] or b[2]):
+        return False
+    lcm = a[0] * b[0] // gcd(a[0], b[0])
+
+    def lift(m: int, rs: frozenset[int]) -> frozenset[int]:
+        return frozenset(r + k * m for r in rs for k in range(lcm // m))
+
+    return lift(a[0], a[1]) == lift(b[0], b[1])
+
+
+_CLAUSE_SPLIT_RE = re.compile(r",(?!\d{3}(?!\d))\s*(?:and\s+)?|;\s*|\s+and\s+")
+_QUANTITY_RE = re.compile(r"(?<![\w.,])[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w,]|\.\d)|(?<![\w.,])[+-]?\d+(?:\.\d+)?(?![\w,]|\.\d)")
+
+
+def _clause_quantity(clause: str) -> tuple[Fraction, set[str]] | None:
+    """One clause of prose holding exactly one number: (the number, its words)."""
+    plain = _PHRASE_TEXT_RE.sub(r" \1 ", clause).replace("$", " ")
+    plain = re.sub(r"\\[,;!: ]|~|\\ ", " ", plain)
+    if re.search(r"[\\^_{}=<>]", plain):
+        return None
+    nums = _QUANTITY_RE.findall(plain)
+    if len(nums) != 1:
+        return None
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", plain)}
+    return Fraction(nums[0].replace(",", "")), words
+
+
+def quantities_match(reference: str, answer: str) -> bool:
+    """A sentence that states several quantities, and an answer that lists the same ones:
+    ``"The rent for each $A$ room is $240$ yuan, and for each $B$ room is $210$ yuan."``
+    and ``240 \\text{ yuan (A)}, 210 \\text{ yuan (B)}``.
+
+    Both split into clauses (at commas, semicolons and "and") of exactly one number each;
+    the numbers must be equal in order, and each answer clause's words (labels and units)
+    must all occur in the reference clause in the same position, so swapped labels fail.
+    The reference must be a sentence (a verb among its words) without negation or
+    alternatives; at least two quantities, and the answer may not add words of its own.
+    """
+    if len(reference) > 400 or len(answer) > 200:
+        return False
+    ref = [_clause_quantity(c) for c in _CLAUSE_SPLIT_RE.split(repair_escapes(reference).strip().rstrip("."))]
+    ans = [_clause_quantity(c) for c in _CLAUSE_SPLIT_RE.split(repair_escapes(answer).strip().rstrip("."))]
+    if len(ref) < 2 or len(ref) != len(ans) or any(x is None for x in ref + ans):
+        return False
+    ref_words = set().union(*(w for _, w in ref))  # type: ignore[misc]
+    if ref_words & (_BLOCKING_WORDS - {"and"}) or not ref_words & (_COPULAS | {"has", "have", "costs", "cost", "gets", "get", "needs"}):
+        return False
+    return all(rv == av and aw <= rw for (rv, rw), (av, aw) in zip(ref, ans))  # type: ignore[misc]
+
+
+_SIGN_WORDS = {
+    "less than zero": "<", "negative": "<", "smaller than zero": "<", "below zero": "<",
+    "greater than zero": ">", "positive": ">", "more than zero": ">", "larger than zero": ">", "above zero": ">",
+    "non-negative": ">=", "nonnegative": ">=", "at least zero": ">=", "not negative": ">=",
+    "non-positive": "<=", "nonpositive": "<=", "at most zero": "<=", "not positive": "<=",
+}
+_SIGN_SENTENCE_RE = re.compile(
+    r"^(?:the|its|this|that)?\s*[a-z][a-z ]{0,40}?\s+(?:is|are|will be|must be|is always|are always)\s+(?:strictly\s+)?("
+    + "|".join(sorted(map(re.escape, _SIGN_WORDS), key=len, reverse=True))
+    + r")\s*\.?$"
+)
+_REL_TO_ZERO_RE = re.compile(r"^(?P<lhs>.+?)\s*(?P<op>\\leqslant|\\geqslant|\\leq|\\geq|\\le|\\ge|\\lt|\\gt|<=|>=|≤|≥|<|>)\s*0$")
+_REL_NAMES = {"\\leqslant": "<=", "\\geqslant": ">=", "\\leq": "<=", "\\geq": ">=", "\\le": "<=", "\\ge": ">=", "\\lt": "<", "\\gt": ">", "≤": "<=", "≥": ">="}
+
+
+def sign_statement_match(reference: str, answer: str) -> bool:
+    """A reference sentence that states a sign, and an answer that is the inequality:
+    ``"The sum is less than zero."`` and ``f(x_1) + f(x_2) + f(x_3) < 0`` (the relation
+    must be the same one: ``<`` is not ``\\le``)."""
+    if len(reference) > 120 or len(answer) > 200:
+        return False
+    m = _SIGN_SENTENCE_RE.match(" ".join(reference.lower().split()))
+    if not m:
+        return False
+    r = _REL_TO_ZERO_RE.match(repair_escapes(answer).strip().strip("$").strip())
+    if not r or re.search(r"[<>]|\\[lg]e|≤|≥", r.group("lhs")):
+        return False
+    return _REL_NAMES.get(r.group("op"), r.group("op")) == _SIGN_WORDS[m.group(1)]

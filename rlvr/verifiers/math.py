@@ -30,17 +30,23 @@ How a pair is decided, cheapest first:
    ``\begin{cases}`` answers (compared case by case); see :mod:`rlvr.verifiers._math_sympy`
    for the parser and why it is hand-written.
 4. **Words** (after the mathematical comparison said no): "infinitely many" is
-   ``\infty``; with ``phrase_match=True`` (default) a text reference that is a one-clause
-   sentence accepts a 1-4-word answer that is its subject or predicate ("Petya" for "Petya
-   will receive the last token."), under the conservative rules of
-   :func:`rlvr.verifiers._math_text.phrase_match`.
+   ``\infty``; residue classes in any form (``n \equiv 2 \pmod 4``, ``n = 4k+2``, "those
+   congruent to 2 modulo 4"). With ``phrase_match=True`` (default) a text reference that
+   is a one-clause sentence accepts a 1-4-word answer that is its subject or predicate
+   ("Petya" for "Petya will receive the last token."), a sentence stating quantities
+   clause by clause accepts the same numbers listed with their labels, and a sentence
+   stating a sign accepts the inequality -- the conservative rules of
+   :func:`rlvr.verifiers._math_text.phrase_match`, ``quantities_match`` and
+   ``sign_statement_match``.
 
 Number rules: ``0.333`` is not ``1/3`` (pass ``rel_tol=1e-3`` to accept approximations);
-a reference written as a rounded decimal (``41.4``, ``0.458``) accepts any answer that
-rounds to it, at the reference's own number of decimals (``gold_precision=True``,
-the default); ``28\%`` as reference accepts ``28`` and ``0.28``; ``5\%`` as an answer
-means ``0.05``, and also matches a plain integer or decimal reference ``5`` (GSM8K writes
-5 for 5%), but not a fraction (``4 4/9\%`` is not ``40/9``).
+a reference written as a decimal (``41.494``, ``165.47``) is itself a rounded value, so
+with ``gold_precision=True`` (the default) it accepts an answer whose value rounds or
+truncates to it, and a coarser decimal answer of at least 3 significant digits that it
+rounds to (``165.5``); see :func:`rlvr.verifiers._math_text.stated_precision`.
+``28\%`` as reference accepts ``28`` and ``0.28``; ``5\%`` as an answer means ``0.05``,
+and also matches a plain integer or decimal reference ``5`` (GSM8K writes 5 for 5%), but
+not a fraction (``4 4/9\%`` is not ``40/9``).
 
 Every pair gets an outcome within ``timeout_s`` (+ process overhead), hostile input
 included: length caps and size guards refuse ``9^{9^{9^{9}}}`` or ``10000000!`` before
@@ -69,6 +75,7 @@ from rlvr.verifiers._math_text import (
     extract_reference,
     normalize,
     parse_number,
+    stated_precision,
 )
 
 __all__ = ["MathVerifier"]
@@ -83,24 +90,25 @@ def _short(s: str, n: int = 60) -> str:
 
 def _numbers_equal(g: Number, g_pct: bool, p: Number, p_pct: bool, rel_tol: float | None, gold_precision: bool) -> tuple[bool, str]:
     """Exact rational comparison with the percent and stated-precision rules."""
-    targets = [(g.value, False)]
+    # (value, shift of the reference's decimals, percent-scaled?)
+    targets = [(g.value, 0, False)]
     if g_pct and not p_pct:
-        targets.append((g.value / 100, True))
+        targets.append((g.value / 100, 2, True))
     if p_pct and not g_pct:
         # "20%" for a reference of 0.2, and for a plain 20 (GSM8K writes 20 for 20%);
         # not for a reference written as a fraction (4 4/9% is not 40/9)
-        targets = [(g.value * 100, True)] + ([(g.value, False)] if g.value.denominator == 1 or g.decimals else [])
-    for target, scaled in targets:
+        targets = [(g.value * 100, -2, True)] + ([(g.value, 0, False)] if g.value.denominator == 1 or g.decimals else [])
+    for target, shift, scaled in targets:
         if target == p.value:
             return True, "numeric" + (" (percent)" if scaled else "")
         if rel_tol and (g.decimals or p.decimals):
             scale = max(abs(target), abs(p.value))
             if abs(target - p.value) <= Fraction(repr(rel_tol)) * scale:
                 return True, f"numeric within rel_tol={rel_tol:g}"
-        if gold_precision and g.decimals and (p.decimals == 0 or p.decimals > g.decimals):
-            d = g.decimals + (2 if scaled else 0)
-            if abs(target - p.value) <= Fraction(1, 2 * 10**d):
-                return True, f"rounds to the reference's {g.decimals} decimals"
+        if gold_precision and g.decimals:
+            how = stated_precision(target, max(0, g.decimals + shift), g.sig, p.value, p.decimals, p.sig)
+            if how:
+                return True, how
     return False, "numeric"
 
 
@@ -150,8 +158,10 @@ class MathVerifier:
         rel_tol: Accept decimals within this relative tolerance of the reference
             (``0.333`` for ``1/3`` needs ``rel_tol >= 1e-3``). ``None``: exact. Integers and
             exact forms are always compared exactly.
-        gold_precision: A reference written as a decimal (``41.4``) accepts answers that
-            round to it at its number of decimals.
+        gold_precision: A reference written as a decimal (``41.494``) is a rounded value:
+            it accepts answers that round or truncate to it at its number of decimals, and
+            a coarser decimal answer (3+ significant digits) that it rounds to. ``False``:
+            decimals are exact too.
         timeout_s: Wall-clock deadline per pair for the sympy stage; past it the pair is
             ``Status.TIMEOUT`` and its worker is killed.
         max_workers: Worker processes for the sympy stage (default: CPU count, at most 4).
