@@ -473,13 +473,14 @@ class IsolatedReward:
                     replace(w)
                     raise RuntimeError(f"isolated reward {self.name!r}: worker failed to start: {msg[1]}")
                 elif kind == "result":
-                    _, i, outcome = msg
+                    _, i, outcome, tainted = msg
                     if w.queue and w.queue[0] == i:
                         w.queue.popleft()
                         results[i] = outcome
                         w.started_at = now
-                    if isinstance(outcome, Outcome) and outcome.status is Status.ERROR and "MemoryError" in outcome.reason:
-                        # After a MemoryError the interpreter may be in a bad state: start afresh.
+                    if tainted:
+                        # The worker ran out of memory: its interpreter may be in a bad state,
+                        # so its queued samples go to a fresh one.
                         todo.extendleft(reversed(w.queue))
                         w.queue.clear()
                         replace(w)
@@ -570,17 +571,21 @@ def _worker_main(fd: int, memory_mb: int) -> None:
             return
         for i, sample in batch:
             start = time.perf_counter()
+            tainted = False  # after a MemoryError the parent replaces this worker
             try:
                 out = reward.score([sample])
                 out = check_outcomes(name, [sample], out)[0]
             except MemoryError:
+                tainted = True
                 out = Outcome.error("MemoryError: the reward ran out of memory in its worker", elapsed_s=time.perf_counter() - start)
             except BaseException as exc:  # the reward's crash is this sample's ERROR, not the worker's death
                 out = Outcome.error(f"{type(exc).__name__}: {exc}", elapsed_s=time.perf_counter() - start)
             if not out.elapsed_s:
                 out = Outcome(out.score, out.status, out.reason, out.metrics, time.perf_counter() - start)
+            # a reward that caught the MemoryError itself reports it the usual way ("MemoryError: ...")
+            tainted = tainted or (out.status is Status.ERROR and out.reason.startswith("MemoryError"))
             try:
-                data = pickle.dumps(("result", i, out))
+                data = pickle.dumps(("result", i, out, tainted))
             except Exception as exc:
-                data = pickle.dumps(("result", i, Outcome.error(f"outcome could not be pickled: {exc}")))
+                data = pickle.dumps(("result", i, Outcome.error(f"outcome could not be pickled: {exc}"), tainted))
             conn.send_bytes(data)

@@ -37,6 +37,10 @@ def _behave(sample: Sample) -> float | None:
             hoard.append(bytearray(50 << 20))
     if c == "abstain":
         return None
+    if c == "pid":
+        return float(os.getpid())
+    if c == "says-memoryerror":
+        raise ValueError("this is not a MemoryError, only a message that names one")
     return float(len(c))
 
 
@@ -211,6 +215,18 @@ def test_isolated_memory_bomb_is_an_error():
         out = reward.score(_samples("grow", "ab"))
     assert out[0].status is Status.ERROR and "MemoryError" in out[0].reason
     assert out[1].score == 2.0
+
+
+def test_isolated_replaces_a_worker_after_memory_error_and_only_then():
+    with isolated(FunctionReward(_behave), timeout_s=30, max_workers=1, memory_mb=256) as reward:
+        named = reward.score(_samples("pid", "says-memoryerror", "pid"))
+        grown = reward.score(_samples("pid", "grow", "pid"))
+    # a reason that merely mentions MemoryError keeps the worker ...
+    assert named[1].status is Status.ERROR and "MemoryError" in named[1].reason
+    assert named[0].score == named[2].score
+    # ... a real one replaces it, and the sample after it runs in the fresh worker
+    assert grown[1].status is Status.ERROR and grown[1].reason.startswith("MemoryError")
+    assert grown[0].score != grown[2].score and grown[2].status is Status.OK
 
 
 def test_isolated_abstain_and_nan_pass_through_checks():
