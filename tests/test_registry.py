@@ -47,10 +47,10 @@ def test_unknown_name_lists_the_known_ones():
 def test_cli_list_shows_plugin_with_distribution(plugin_site):
     proc = subprocess.run([sys.executable, "-m", "rlvr", "list"], capture_output=True, text=True, env=subprocess_env(plugin_site), timeout=60)
     assert proc.returncode == 0, proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("exact_match"))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("exact_match"))
     assert "rlvr-plugin-example 0.3.0" in line
-    assert any(l.strip().startswith("reverse_text") for l in proc.stdout.splitlines())
-    assert any(l.strip().startswith("math ") for l in proc.stdout.splitlines())
+    assert any(ln.strip().startswith("reverse_text") for ln in proc.stdout.splitlines())
+    assert any(ln.strip().startswith("math ") for ln in proc.stdout.splitlines())
 
 
 def test_cli_verify_with_plugin(plugin_site):

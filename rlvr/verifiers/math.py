@@ -298,7 +298,7 @@ class MathVerifier:
                 outs = self._get_pool().score(work)
             else:
                 outs = _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match).score(work)
-            for (i, spent, gold, pred, how), out in zip(pending, outs):
+            for (i, spent, gold, pred, _how), out in zip(pending, outs):
                 elapsed = spent + out.elapsed_s
                 if out.status is Status.OK:
                     ok = out.score == 1.0
