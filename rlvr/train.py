@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     summary = trainer.train()
     wall = time.perf_counter() - start
+    if not trainer.is_main:  # with several processes, process 0 writes the run's files
+        return 0
     out = trainer.output_dir
     summary["wall_time_s"] = wall
     (out / "eval.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -190,3 +190,22 @@ def test_lora_dynamic_sampling_multiple_iterations_overlapped_rewards(tokenizer,
             assert torch.equal(v, base_before[k]), k
     merged = LlamaForCausalLM.from_pretrained(tmp_path / "final")
     assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_gradient_checkpointing_with_lora_trains(tokenizer, tmp_path):
+    trainer = make_trainer(
+        tokenizer,
+        tmp_path,
+        max_steps=1,
+        gradient_checkpointing=True,
+        lora_r=4,
+        lora_target_modules=["q_proj", "v_proj"],
+        eval_before=False,
+        eval_after=False,
+        save_final_model=False,
+    )
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert before and any(not torch.equal(v, after[k]) for k, v in before.items())
+    assert torch.isfinite(torch.tensor(trainer.history[-1]["loss"]))

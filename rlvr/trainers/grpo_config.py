@@ -12,6 +12,7 @@ on one-digit sums, on a 2-core CPU in well under 15 minutes (see ``docs/training
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,8 @@ class GRPOConfig:
     num_generations: int = 8
     """Completions per prompt (the group size); at least 2."""
     generation_batch_size: int = 16
-    """Completions per optimizer step (prompts per step x ``num_generations``)."""
+    """Completions per optimizer step (prompts per step x ``num_generations``), over all
+    processes: with ``accelerate launch --num_processes N`` each process generates 1/N of them."""
     max_completion_length: int = 64
     """Most new tokens per completion."""
     temperature: float = 1.0
@@ -238,10 +240,27 @@ class GRPOConfig:
             self._fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if self.vllm_kv_cache_gib is not None and self.vllm_kv_cache_gib <= 0:
             self._fail("vllm_kv_cache_gib", f"must be > 0 (1.0 is plenty for small models), got {self.vllm_kv_cache_gib}")
-        if self.reward_overlap_chunks > self.generation_batch_size // self.num_generations:
+        world = _launched_world_size()
+        if world > 1 and self.generator == "vllm":
+            self._fail(
+                "generator",
+                f"'vllm' generates in one process and WORLD_SIZE={world}; use generator=hf (each process generates "
+                "its own share) or auto, which picks hf when there are several processes",
+            )
+        if world > 1 and self.generation_batch_size % (self.num_generations * world):
+            per = self.num_generations * world
+            lower = max(per, self.generation_batch_size // per * per)
+            self._fail(
+                "generation_batch_size",
+                f"{self.generation_batch_size} completions cannot be split into whole groups of {self.num_generations} over "
+                f"{world} processes (WORLD_SIZE={world}); generation_batch_size is the whole step's count, so use {lower} or "
+                f"{lower + per}",
+            )
+        if self.reward_overlap_chunks > self.generation_batch_size // self.num_generations // world:
             self._fail(
                 "reward_overlap_chunks",
-                f"{self.reward_overlap_chunks} chunks but only {self.generation_batch_size // self.num_generations} prompts per step; use at most that many",
+                f"{self.reward_overlap_chunks} chunks but only {self.generation_batch_size // self.num_generations // world} prompts per "
+                "step per process; use at most that many",
             )
 
     @classmethod
@@ -265,3 +284,11 @@ class GRPOConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``config.yaml`` in a run directory holds)."""
         return dataclasses.asdict(self)
+
+
+def _launched_world_size() -> int:
+    """The process count a launcher (``accelerate launch``, ``torchrun``) announced, else 1."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1

@@ -40,6 +40,7 @@ values in ``tests/test_grpo_math.py``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -276,11 +277,23 @@ class GRPOTrainer:
         peft_config: Any = None,
         generator: Generator | None = None,
     ) -> None:
+        from accelerate import Accelerator
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rlvr.models import resolve_model
 
         self.config = cfg = config
+        # One process, or one of N started by `accelerate launch` / `torchrun` (data parallel:
+        # each process generates and scores its own prompts, gradients are averaged).
+        # (cpu=True where there is no GPU: that is how accelerate runs several CPU processes, over gloo)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        if cfg.generation_batch_size % (cfg.num_generations * self.world_size):
+            raise ValueError(
+                f"generation_batch_size={cfg.generation_batch_size} cannot be split into whole groups of "
+                f"{cfg.num_generations} over {self.world_size} processes; use a multiple of {cfg.num_generations * self.world_size}"
+            )
         _seed_everything(cfg.seed)
         if reward is None and env is None:
             raise ValueError("GRPOTrainer needs an env or a reward")
@@ -288,7 +301,11 @@ class GRPOTrainer:
         self.train_tasks = list(train_tasks if train_tasks is not None else env.tasks("train"))
         self.eval_tasks = list(eval_tasks if eval_tasks is not None else (env.tasks("test") if env is not None else []))
         self.eval_tasks = self.eval_tasks[: cfg.eval_max_tasks]
-        self.data = _DataOrder(len(self.train_tasks), cfg.seed)
+        # each process draws from its own shard of the training tasks, in its own seeded order
+        self._shard = list(range(self.rank, len(self.train_tasks), self.world_size))
+        if not self._shard:
+            raise ValueError(f"{len(self.train_tasks)} training tasks cannot feed {self.world_size} processes")
+        self.data = _DataOrder(len(self._shard), cfg.seed + self.rank)
 
         model = cfg.model if model is None else model
         self.model_path: str | None = None
@@ -310,7 +327,8 @@ class GRPOTrainer:
             )
         self.is_peft = peft_config is not None
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # non-reentrant checkpointing: the variant DistributedDataParallel works with
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if self.is_peft:
             from peft import get_peft_model
@@ -318,9 +336,13 @@ class GRPOTrainer:
             model = get_peft_model(model, peft_config)
             if cfg.gradient_checkpointing:
                 model.enable_input_require_grads()
+        if self.world_size > 1 or (self.accelerator.device.type != "cpu" and next(model.parameters()).device.type == "cpu"):
+            model = model.to(self.accelerator.device)
         self.model = model
         self.model.train()
         self.device = next(model.parameters()).device
+        # the forward that trains goes through DistributedDataParallel when there are several processes
+        self._train_model = self.accelerator.prepare_model(model) if self.world_size > 1 else model
         self.bf16 = cfg.bf16 if cfg.bf16 is not None else _bf16_is_fast(self.device)
         self.ref_model = None
         if cfg.beta > 0 and not self.is_peft:  # with LoRA the reference is the model with adapters off
@@ -336,18 +358,53 @@ class GRPOTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
-        self.output_dir = Path(cfg.output_dir) if cfg.output_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        run_name = time.strftime("%Y%m%d-%H%M%S")
+        if self.world_size > 1:  # every process must write to the same run directory
+            run_name = self._broadcast(run_name)
+        self.output_dir = Path(cfg.output_dir) if cfg.output_dir else Path("runs") / run_name
         self.generator = generator if generator is not None else self._make_generator()
         self._generator_synced = True
         self._loggers: list[Any] = []
         self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- processes
+    def _broadcast(self, obj: Any) -> Any:
+        """Process 0's value of ``obj`` on every process."""
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _gather(self, items: list[Any]) -> list[Any]:
+        """Every process's list, concatenated in process order (the list itself with one process)."""
+        if self.world_size == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def _sum(self, *values: float) -> list[float]:
+        """Sums over the processes (the values themselves with one process)."""
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
 
     # ----------------------------------------------------------------- generator set-up
     def _make_generator(self) -> Generator:
         cfg = self.config
         kind = cfg.generator
         if kind == "auto":
-            kind = "vllm" if vllm_available() else "hf"
+            kind = "vllm" if vllm_available() and self.world_size == 1 else "hf"
+        if kind == "vllm" and self.world_size > 1:
+            raise ValueError(
+                f"generator='vllm' runs in one process, and this run has {self.world_size}; use generator='hf' "
+                "(each process generates its own share with the live model) or launch one process"
+            )
         if kind == "hf":
             return HFGenerator(self.model, self.tokenizer, batch_size=max(cfg.generation_batch_size, 1))
         path = self.model_path
@@ -441,13 +498,13 @@ class GRPOTrainer:
         """Prompts -> rollouts for one generation batch, with dynamic sampling when on."""
         cfg = self.config
         n = cfg.num_generations
-        want = cfg.generation_batch_size // n
+        want = cfg.generation_batch_size // n // self.world_size  # this process's share
         kept: list[list[_Rollout]] = []
         dropped: list[list[_Rollout]] = []
         rounds, seen_groups, tie_groups = 0, 0, 0
         while len(kept) < want and rounds < (cfg.max_dynamic_sampling_rounds if cfg.dynamic_sampling else 1):
-            tasks = [self.train_tasks[i] for i in self.data.take(want - len(kept))]
-            rollouts = self._rollouts(tasks, sampling_seed(cfg.seed, self.step, rounds), timing)
+            tasks = [self.train_tasks[self._shard[i]] for i in self.data.take(want - len(kept))]
+            rollouts = self._rollouts(tasks, sampling_seed(cfg.seed, self.step, rounds) + 1_000_003 * self.rank, timing)
             rounds += 1
             for g in range(len(tasks)):
                 group = rollouts[g * n : (g + 1) * n]
@@ -456,11 +513,15 @@ class GRPOTrainer:
                 ties = len(scores) <= 1
                 tie_groups += ties
                 (dropped if cfg.dynamic_sampling and ties else kept).append(group)
-        metrics["dynamic_sampling_rounds"] = rounds
-        metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
         if not kept:  # every group tied: train on them anyway (their advantages are 0 -> only KL acts)
             kept = dropped[:want]
-        metrics["num_groups"] = len(kept)
+        elif self.world_size > 1 and len(kept) < want:
+            # every process must run the same number of backward passes: fill up with tied groups
+            kept += dropped[: want - len(kept)]
+        rounds_max, seen_groups, tie_groups, num_groups = self._sum(rounds, seen_groups, tie_groups, len(kept))
+        metrics["dynamic_sampling_rounds"] = rounds if self.world_size == 1 else rounds_max / self.world_size
+        metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
+        metrics["num_groups"] = int(num_groups)
         return [r for group in kept for r in group]
 
     # ----------------------------------------------------------------- forward
@@ -529,7 +590,7 @@ class GRPOTrainer:
         valid = torch.tensor([o.status is Status.OK for o in outcomes])
         rewards = torch.tensor([o.score if o.status is Status.OK else 0.0 for o in outcomes], dtype=torch.float32)
         advantages, _ = group_advantages(rewards, valid, cfg.num_generations, cfg.scale_rewards)
-        _reward_metrics(metrics, rollouts, cfg.correct_threshold)
+        _reward_metrics(metrics, self._gather([_rollout_row(r) for r in rollouts]), cfg.correct_threshold)
 
         mbs = cfg.micro_batch_size
         micro = [rollouts[i : i + mbs] for i in range(0, len(rollouts), mbs)]
@@ -542,8 +603,11 @@ class GRPOTrainer:
                 keep = torch.tensor([r.generation.finish_reason != "length" for r in m], dtype=torch.float32)
                 mask = mask * keep[:, None]
             loss_masks.append(mask)
-        num_sequences = len(rollouts)
-        num_tokens = float(sum(m.sum() for m in loss_masks))
+        # the whole step's counts, over every process: each process's loss is its share of the
+        # step's loss, times world_size because DistributedDataParallel averages gradients
+        num_sequences, num_tokens = self._sum(len(rollouts), sum(float(m.sum()) for m in loss_masks))
+        num_sequences = int(num_sequences)
+        scale = float(self.world_size)
 
         ref_logps: list[torch.Tensor | None] = [None] * len(micro)
         if cfg.beta > 0:
@@ -562,31 +626,35 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
             for j, t in enumerate(tensors):
-                logp = self._logprobs(self.model, t)
-                if old_logps[j] is None:  # first iteration: the current weights sampled this batch
-                    old_logps[j] = logp.detach()
-                old = old_logps[j]
-                per_token, clip_low, clip_high = clipped_surrogate_loss(
-                    logp, old, adv_chunks[j].to(logp.device), cfg.epsilon, cfg.epsilon_high
-                )
-                mask = loss_masks[j].to(logp.device)
-                if cfg.importance_sampling_correction and bool(t["sampler_logp"].any()):
-                    weights, raw = truncated_importance_weights(
-                        old, t["sampler_logp"].to(logp.device), cfg.importance_sampling_cap
+                # with several processes, gradients are averaged once, at the last micro-batch
+                sync = self.world_size == 1 or j == len(tensors) - 1
+                with contextlib.nullcontext() if sync else self._train_model.no_sync():
+                    logp = self._logprobs(self._train_model, t)
+                    if old_logps[j] is None:  # first iteration: the current weights sampled this batch
+                        old_logps[j] = logp.detach()
+                    old = old_logps[j]
+                    per_token, clip_low, clip_high = clipped_surrogate_loss(
+                        logp, old, adv_chunks[j].to(logp.device), cfg.epsilon, cfg.epsilon_high
                     )
-                    per_token = per_token * weights
-                    if iteration == 0:
-                        stats["is_raw"].append(raw[mask > 0])
-                if cfg.beta > 0:
-                    kl = k3_kl(logp, ref_logps[j].to(logp.device))
-                    per_token = per_token + cfg.beta * kl
-                    stats["kl"].append(((kl.detach() * mask).sum(), mask.sum()))
-                loss = aggregate_loss(per_token, mask, cfg.loss_type, cfg.max_completion_length, num_sequences, num_tokens)
-                loss.backward()
+                    mask = loss_masks[j].to(logp.device)
+                    if cfg.importance_sampling_correction and bool(t["sampler_logp"].any()):
+                        weights, raw = truncated_importance_weights(
+                            old, t["sampler_logp"].to(logp.device), cfg.importance_sampling_cap
+                        )
+                        per_token = per_token * weights
+                        if iteration == 0:
+                            stats["is_raw"].append(raw[mask > 0])
+                    if cfg.beta > 0:
+                        kl = k3_kl(logp, ref_logps[j].to(logp.device))
+                        per_token = per_token + cfg.beta * kl
+                        stats["kl"].append(((kl.detach() * mask).sum(), mask.sum()))
+                    loss = aggregate_loss(per_token, mask, cfg.loss_type, cfg.max_completion_length, num_sequences, num_tokens)
+                    (loss * scale).backward()
                 total_loss += float(loss.detach())
                 stats["clip_low"].append((clip_low.float() * mask).sum())
                 stats["clip_high"].append((clip_high.float() * mask).sum())
                 stats["mask"].append(mask.sum())
+            (total_loss,) = self._sum(total_loss)  # each process's share of the step's loss
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
             metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -607,11 +675,17 @@ class GRPOTrainer:
     def _end_of_step(self, metrics: dict[str, Any], timing: dict[str, float], stats: dict[str, list]) -> None:
         cfg = self.config
         metrics["weight_sync_time_s"] = self._sync_generator()
-        tokens = float(sum(stats["mask"])) if stats["mask"] else 0.0
-        metrics["clip_ratio_low"] = float(sum(stats["clip_low"])) / max(tokens, 1.0)
-        metrics["clip_ratio_high"] = float(sum(stats["clip_high"])) / max(tokens, 1.0)
-        if cfg.beta > 0 and stats["kl"]:
-            metrics["kl"] = float(sum(s for s, _ in stats["kl"])) / max(float(sum(m for _, m in stats["kl"])), 1.0)
+        tokens, clip_low, clip_high, kl_sum, kl_tokens = self._sum(
+            float(sum(stats["mask"])),
+            float(sum(stats["clip_low"])),
+            float(sum(stats["clip_high"])),
+            float(sum(s for s, _ in stats["kl"])),
+            float(sum(m for _, m in stats["kl"])),
+        )
+        metrics["clip_ratio_low"] = clip_low / max(tokens, 1.0)
+        metrics["clip_ratio_high"] = clip_high / max(tokens, 1.0)
+        if cfg.beta > 0 and kl_tokens:
+            metrics["kl"] = kl_sum / max(kl_tokens, 1.0)
         if stats["is_raw"]:
             raw = torch.cat(stats["is_raw"]).float()
             if raw.numel():
@@ -651,15 +725,18 @@ class GRPOTrainer:
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (evaluating before and after when configured); returns the eval summary."""
         cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        self._barrier()
         self._open_loggers()
         summary: dict[str, Any] = _read_json(self.output_dir / "eval.json")
         if cfg.eval_before and "before" not in summary and self.eval_tasks and self.step == 0:
             summary["before"] = self.evaluate()
-            _write_json(self.output_dir / "eval.json", summary)
+            if self.is_main:
+                _write_json(self.output_dir / "eval.json", summary)
         bar = None
-        if cfg.progress_bar:
+        if cfg.progress_bar and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True)
@@ -671,7 +748,8 @@ class GRPOTrainer:
         if cfg.eval_after and self.eval_tasks:
             summary["after"] = self.evaluate()
         summary["steps"] = self.step
-        _write_json(self.output_dir / "eval.json", summary)
+        if self.is_main:
+            _write_json(self.output_dir / "eval.json", summary)
         if cfg.save_final_model:
             self.save_model(self.output_dir / "final")
         self._close_loggers()
@@ -683,28 +761,38 @@ class GRPOTrainer:
         tasks = list(self.eval_tasks if tasks is None else tasks)
         start = time.perf_counter()
         sampling = SamplingConfig(temperature=0.0, max_tokens=self.config.max_completion_length, seed=self.config.seed)
-        gens = self.generator.generate([self._prompt(t) for t in tasks], 1, sampling)
-        outcomes, _ = self._score(tasks, gens)
-        ok = [o for o in outcomes if o.status is Status.OK]
+        mine = list(range(self.rank, len(tasks), self.world_size))  # each process evaluates its share
+        gens = self.generator.generate([self._prompt(tasks[i]) for i in mine], 1, sampling) if mine else []
+        outcomes, _ = self._score([tasks[i] for i in mine], gens) if mine else ([], 0.0)
+        rows = self._gather(
+            [
+                (i, o.status.value, o.score, len(g.completion_ids), g.text, o.reason)
+                for i, g, o in zip(mine, gens, outcomes)
+            ]
+        )
+        rows.sort(key=lambda r: r[0])
+        ok = [r[2] for r in rows if r[1] == Status.OK.value]
         result = {
             "n": len(tasks),
-            "accuracy": sum(o.score >= self.config.correct_threshold for o in ok) / max(len(tasks), 1),
-            "reward_mean": sum(o.score for o in ok) / max(len(ok), 1),
-            "n_timeout": sum(o.status is Status.TIMEOUT for o in outcomes),
-            "n_error": sum(o.status is Status.ERROR for o in outcomes),
-            "n_abstain": sum(o.status is Status.ABSTAIN for o in outcomes),
-            "completion_len_mean": sum(len(g.completion_ids) for g in gens) / max(len(gens), 1),
+            "accuracy": sum(score >= self.config.correct_threshold for score in ok) / max(len(tasks), 1),
+            "reward_mean": sum(ok) / max(len(ok), 1),
+            "n_timeout": sum(r[1] == Status.TIMEOUT.value for r in rows),
+            "n_error": sum(r[1] == Status.ERROR.value for r in rows),
+            "n_abstain": sum(r[1] == Status.ABSTAIN.value for r in rows),
+            "completion_len_mean": sum(r[3] for r in rows) / max(len(rows), 1),
             "step": self.step,
             "time_s": time.perf_counter() - start,
             "examples": [
-                {"prompt": t.prompt[-1]["content"], "completion": g.text, "reference": str(t.reference), "reason": o.reason}
-                for t, g, o in list(zip(tasks, gens, outcomes))[:5]
+                {"prompt": tasks[i].prompt[-1]["content"], "completion": text, "reference": str(tasks[i].reference), "reason": reason}
+                for i, _, _, _, text, reason in rows[:5]
             ],
         }
         return result
 
     # ----------------------------------------------------------------- logging
     def _open_loggers(self) -> None:
+        if not self.is_main:
+            return
         for name in self.config.report_to:
             self._loggers.append(_make_logger(name, self.output_dir, self.config))
 
@@ -715,6 +803,8 @@ class GRPOTrainer:
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
+        if not self.is_main:  # one process writes the run's files
+            return
         if self.step % self.config.logging_steps == 0 or self.step == self.config.max_steps:
             with open(self.output_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -731,25 +821,29 @@ class GRPOTrainer:
     def save_model(self, path: str | os.PathLike) -> None:
         """The policy in Hugging Face format (LoRA merged) plus the tokenizer."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if self.is_peft:
-            merged = copy.deepcopy(self.model).merge_and_unload()
-            merged.save_pretrained(path, safe_serialization=True)
-        else:
-            self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        if self.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            if self.is_peft:
+                merged = copy.deepcopy(self.model).merge_and_unload()
+                merged.save_pretrained(path, safe_serialization=True)
+            else:
+                self.model.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        self._barrier()
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
         from safetensors.torch import save_file
 
         path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
+        if self.world_size > 1:
+            path = Path(self._broadcast(str(path)))
         tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        trainable = {k: v.detach().contiguous().clone() for k, v in self.model.named_parameters() if v.requires_grad}
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        # every process keeps its own random state and data order
         torch.save(
             {
                 "torch": torch.get_rng_state(),
@@ -757,12 +851,20 @@ class GRPOTrainer:
                 "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
-            tmp / "rng.pt",
+            tmp / _rank_file("rng", self.rank, "pt"),
         )
-        state = {"step": self.step, "data": self.data.state(), "config": self.config.to_dict()}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        if self.rank:
+            (tmp / _rank_file("data", self.rank, "json")).write_text(json.dumps(self.data.state()))
+        self._barrier()
+        if self.is_main:
+            trainable = {k: v.detach().contiguous().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+            save_file(trainable, str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
+            state = {"step": self.step, "data": self.data.state(), "world_size": self.world_size, "config": self.config.to_dict()}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        self._barrier()
         return path
 
     def resume(self, path: str | os.PathLike) -> None:
@@ -771,6 +873,12 @@ class GRPOTrainer:
 
         path = find_checkpoint(path)
         state = json.loads((path / "trainer_state.json").read_text())
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {saved_world} process(es) and this run has {self.world_size}; "
+                f"each process's data order and random state are in it, so resume with --num_processes {saved_world}"
+            )
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for k, v in load_file(str(path / "trainable.safetensors")).items():
@@ -782,15 +890,16 @@ class GRPOTrainer:
         opt = torch.load(path / "optimizer.pt", weights_only=False)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
-        rng = torch.load(path / "rng.pt", weights_only=False)
+        rng = torch.load(path / _rank_file("rng", self.rank, "pt"), weights_only=False)
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.step = state["step"]
-        self.data.load(state["data"])
-        _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+        self.data.load(state["data"] if self.rank == 0 else json.loads((path / _rank_file("data", self.rank, "json")).read_text()))
+        if self.is_main:
+            _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
         self._sync_generator()
 
 
@@ -810,6 +919,11 @@ _BATCH_KEYS = (
 )
 
 
+def _rank_file(stem: str, rank: int, ext: str) -> str:
+    """``rng.pt`` for process 0 (what a one-process run writes), ``rng-1.pt`` for process 1, ..."""
+    return f"{stem}.{ext}" if rank == 0 else f"{stem}-{rank}.{ext}"
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """``path`` itself if it is a checkpoint, else its latest ``checkpoint-N`` subdirectory."""
     path = Path(path)
@@ -824,15 +938,20 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
-def _reward_metrics(metrics: dict[str, Any], rollouts: list[_Rollout], threshold: float) -> None:
-    ok = [r.outcome.score for r in rollouts if r.outcome.status is Status.OK]
+def _rollout_row(r: _Rollout) -> tuple[str, float | None, int, bool]:
+    """What the step's reward metrics need from a rollout: (status, score, length, truncated)."""
+    return r.outcome.status.value, r.outcome.score, len(r.generation.completion_ids), r.generation.finish_reason == "length"
+
+
+def _reward_metrics(metrics: dict[str, Any], rows: list[tuple[str, float | None, int, bool]], threshold: float) -> None:
+    ok = [score for status, score, _, _ in rows if status == Status.OK.value]
     metrics["reward_mean"] = float(np.mean(ok)) if ok else 0.0
     metrics["reward_std"] = float(np.std(ok)) if ok else 0.0
-    metrics["accuracy"] = sum(s >= threshold for s in ok) / max(len(rollouts), 1)
-    metrics["completion_len_mean"] = float(np.mean([len(r.generation.completion_ids) for r in rollouts]))
-    metrics["frac_truncated"] = float(np.mean([r.generation.finish_reason == "length" for r in rollouts]))
+    metrics["accuracy"] = sum(s >= threshold for s in ok) / max(len(rows), 1)
+    metrics["completion_len_mean"] = float(np.mean([n for _, _, n, _ in rows]))
+    metrics["frac_truncated"] = float(np.mean([trunc for _, _, _, trunc in rows]))
     for status in Status:
-        metrics[f"n_{status.value}"] = sum(r.outcome.status is status for r in rollouts)
+        metrics[f"n_{status.value}"] = sum(st == status.value for st, _, _, _ in rows)
 
 
 def _lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:

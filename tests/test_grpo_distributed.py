@@ -1,0 +1,232 @@
+"""GRPO over several processes: two real CPU processes (gloo) started by ``torchrun``.
+
+``accelerate launch --multi_gpu`` starts processes the same way on GPUs (it runs
+``torch.distributed.run``); on CPU, ``torchrun`` is the launcher, and the trainer's
+``Accelerator`` picks the process group up from the environment either way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import subprocess_env, tiny_causal_lm
+from transformers import AutoTokenizer
+
+from rlvr.environments.base import Task
+from rlvr.models import resolve_model
+from rlvr.rewards import FunctionReward
+from rlvr.trainers.grpo_config import ConfigError, GRPOConfig
+from rlvr.trainers.grpo_trainer import GRPOTrainer
+
+pytestmark = pytest.mark.slow
+
+WORDS = ["cats", "rain", "trees", "bread", "stone", "wind", "sea", "salt"]
+
+SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    from rlvr.environments.base import Task
+    from rlvr.rewards import FunctionReward
+    from rlvr.trainers.grpo_config import GRPOConfig
+    from rlvr.trainers.grpo_trainer import GRPOTrainer
+
+    def length_reward(sample):
+        return 1.0 if len(sample.completion) % 3 == 0 else 0.0
+
+    def digest(model):
+        return hashlib.sha256(b"".join(p.detach().float().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+    if __name__ == "__main__":
+        model_dir, out, max_steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        tasks = [Task([{"role": "user", "content": f"Say something about {w}."}], w) for w in WORDS]
+        cfg = GRPOConfig(
+            generator="hf", model=model_dir, max_steps=max_steps, num_generations=4, generation_batch_size=16,
+            max_completion_length=8, micro_batch_size=4, learning_rate=1e-2, output_dir=out, progress_bar=False,
+            system_prompt=None, bf16=False, eval_max_tasks=4, save_steps=2,
+        )
+        trainer = GRPOTrainer(cfg, reward=FunctionReward(length_reward, name="len3"), train_tasks=tasks, eval_tasks=tasks[:4])
+        if resume != "-":
+            trainer.resume(resume)
+        before = digest(trainer.model)
+        seen = []  # the training tasks this process drew
+        take = trainer.data.take
+
+        def tracking_take(k):
+            idx = take(k)
+            seen.extend(trainer._shard[i] for i in idx)
+            return idx
+
+        trainer.data.take = tracking_take
+        trainer.train()
+        with open(f"{out}/rank{trainer.rank}-{max_steps}.json", "w") as f:
+            json.dump({"world": trainer.world_size, "before": before, "after": digest(trainer.model), "seen": seen}, f)
+    """
+).replace("WORDS", repr(WORDS))
+
+
+# The same 16 completions (4 prompts x 4, sampled with one seed) trained on by one process,
+# or split 8 + 8 over two: the averaged gradient must be the one-process gradient.
+GRAD_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses
+    import sys
+    import torch
+    from rlvr.environments.base import Task
+    from rlvr.generation import SamplingConfig
+    from rlvr.rewards import FunctionReward
+    from rlvr.trainers.grpo_config import GRPOConfig
+    from rlvr.trainers.grpo_trainer import GRPOTrainer, _Rollout
+
+    def length_reward(sample):
+        return float(len(sample.completion) % 3)
+
+    if __name__ == "__main__":
+        model_dir, out, loss_type = sys.argv[1], sys.argv[2], sys.argv[3]
+        tasks = [Task([{"role": "user", "content": f"Say something about {w}."}], w) for w in WORDS[:4]]
+        cfg = GRPOConfig(
+            generator="hf", model=model_dir, max_steps=1, num_generations=4, generation_batch_size=16,
+            max_completion_length=8, micro_batch_size=4, output_dir=out, progress_bar=False, system_prompt=None,
+            bf16=False, loss_type=loss_type, max_grad_norm=0.0, temperature=1.0,
+        )
+        trainer = GRPOTrainer(cfg, reward=FunctionReward(length_reward, name="len"), train_tasks=tasks)
+        gens = trainer.generator.generate([trainer._prompt(t) for t in tasks], 4, SamplingConfig(1.0, 1.0, 0, 8, 1234))
+        # uneven lengths, so the two processes hold different token counts
+        gens = [
+            dataclasses.replace(g, completion_ids=g.completion_ids[: 2 + i % 7], logprobs=g.logprobs[: 2 + i % 7], finish_reason="stop")
+            for i, g in enumerate(gens)
+        ]
+        outcomes, _ = trainer._score(tasks, gens)
+        rollouts = [_Rollout(tasks[g.prompt_index], g, o) for g, o in zip(gens, outcomes)]
+        lengths = sorted({len(g.completion_ids) for g in gens})
+        share = len(rollouts) // trainer.world_size
+        mine = rollouts[trainer.rank * share : (trainer.rank + 1) * share]  # whole groups: 4 per prompt, in order
+        timing = dict.fromkeys(["step_start", "generation_time_s", "generated_tokens", "reward_time_s", "reward_compute_s", "train_time_s"], 0.0)
+        trainer._train_on(mine, {}, timing)
+        if trainer.rank == 0:
+            grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+            torch.save({"grad": grads, "lengths": lengths}, f"{out}/grad-{trainer.world_size}.pt")
+    """
+).replace("WORDS", repr(WORDS))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny")
+    tiny_causal_lm(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env["OMP_NUM_THREADS"] = "1"  # two processes on a small machine
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path, model_dir):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "run"
+    torchrun(str(script), str(model_dir), str(out), "2", "-")
+    ranks = [json.loads((out / f"rank{r}-2.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    # the replicas stay one model: same weights after the optimizer steps, and they moved
+    assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"]
+    # each process trains on its own shard of the prompts (2 prompts x 2 steps each)
+    assert set(ranks[0]["seen"]) <= {0, 2, 4, 6} and set(ranks[1]["seen"]) <= {1, 3, 5, 7}
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4
+    # one writer: a line per step, with the whole step's counts (16 completions, 4 groups)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["n_ok"] == 16 and r["num_groups"] == 4 for r in rows)
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["before"]["n"] == summary["after"]["n"] == 4
+    assert [e["prompt"] for e in summary["after"]["examples"]] == [f"Say something about {w}." for w in WORDS[:4]]
+    ckpt = out / "checkpoint-2"
+    assert {"rng.pt", "rng-1.pt", "data-1.json", "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
+    assert (out / "final" / "model.safetensors").exists()
+
+    # resume both processes from the checkpoint and go one step further
+    torchrun(str(script), str(model_dir), str(out), "3", str(ckpt))
+    resumed = [json.loads((out / f"rank{r}-3.json").read_text()) for r in (0, 1)]
+    assert resumed[0]["before"] == ranks[0]["after"]  # the checkpoint's weights
+    assert resumed[0]["after"] == resumed[1]["after"] != resumed[0]["before"]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # a checkpoint written by two processes holds two data orders: one process may not resume it
+    trainer = GRPOTrainer(
+        GRPOConfig(generator="hf", model=str(model_dir), num_generations=4, generation_batch_size=16, output_dir=str(tmp_path / "one")),
+        reward=FunctionReward(lambda s: 0.0, name="zero"),
+        train_tasks=[Task([{"role": "user", "content": w}], w) for w in WORDS],
+    )
+    with pytest.raises(ValueError, match="--num_processes 2"):
+        trainer.resume(ckpt)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
+def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, loss_type):
+    import torch
+
+    script = tmp_path / "grad.py"
+    script.write_text(GRAD_SCRIPT)
+    env = subprocess_env()
+    env["OMP_NUM_THREADS"] = "1"
+    one = subprocess.run([sys.executable, str(script), str(model_dir), str(tmp_path), loss_type], capture_output=True, text=True, env=env, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun(str(script), str(model_dir), str(tmp_path), loss_type)
+    single, double = torch.load(tmp_path / "grad-1.pt"), torch.load(tmp_path / "grad-2.pt")
+    assert len(single["lengths"]) > 1  # completions of different lengths: token counts differ between the processes
+    g1, g2 = single["grad"], double["grad"]
+    assert g1.norm() > 0
+    assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-6 * float(g1.abs().max())), float((g1 - g2).abs().max())
+
+
+def test_cli_under_torchrun_writes_one_run(tmp_path, model_dir):
+    out = tmp_path / "run"
+    proc = torchrun(
+        "-m", "rlvr.train",
+        "--model", str(model_dir),
+        "--generator", "hf",
+        "--num_generations", "4",
+        "--generation_batch_size", "8",
+        "--max_completion_length", "6",
+        "--eval_max_tasks", "4",
+        "--env_kwargs", "{n_train: 20, n_test: 4}",
+        "--progress_bar", "false",
+        "--max_steps", "1",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert proc.stdout.count("done: 1 steps") == 1  # process 0 reports, once
+    for name in ("metrics.jsonl", "eval.json", "curves.png", "final/model.safetensors"):
+        assert (out / name).exists(), name
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_config_checks_the_launched_process_count(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="use 16 or 32"):
+        GRPOConfig(num_generations=8, generation_batch_size=24)
+    with pytest.raises(ConfigError, match="whole groups of 4 over 2 processes"):
+        GRPOConfig(num_generations=4, generation_batch_size=12)
+    with pytest.raises(ConfigError, match="generator=hf"):
+        GRPOConfig(generator="vllm", num_generations=4, generation_batch_size=16)
+    GRPOConfig(num_generations=4, generation_batch_size=16)
