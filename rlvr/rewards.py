@@ -571,19 +571,18 @@ def _worker_main(fd: int, memory_mb: int) -> None:
             return
         for i, sample in batch:
             start = time.perf_counter()
-            tainted = False  # after a MemoryError the parent replaces this worker
             try:
                 out = reward.score([sample])
                 out = check_outcomes(name, [sample], out)[0]
             except MemoryError:
-                tainted = True
                 out = Outcome.error("MemoryError: the reward ran out of memory in its worker", elapsed_s=time.perf_counter() - start)
             except BaseException as exc:  # the reward's crash is this sample's ERROR, not the worker's death
                 out = Outcome.error(f"{type(exc).__name__}: {exc}", elapsed_s=time.perf_counter() - start)
             if not out.elapsed_s:
                 out = Outcome(out.score, out.status, out.reason, out.metrics, time.perf_counter() - start)
-            # a reward that caught the MemoryError itself reports it the usual way ("MemoryError: ...")
-            tainted = tainted or (out.status is Status.ERROR and out.reason.startswith("MemoryError"))
+            # after a MemoryError (ours above, or one a reward caught and reported the usual way,
+            # "MemoryError: ...") the parent replaces this worker
+            tainted = out.status is Status.ERROR and out.reason.startswith("MemoryError")
             try:
                 data = pickle.dumps(("result", i, out, tainted))
             except Exception as exc:

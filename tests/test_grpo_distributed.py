@@ -126,19 +126,16 @@ def model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def python(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"  # two processes on a small machine
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    return python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args)
 
 
 def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path, model_dir):
@@ -188,10 +185,7 @@ def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, l
 
     script = tmp_path / "grad.py"
     script.write_text(GRAD_SCRIPT)
-    env = subprocess_env()
-    env["OMP_NUM_THREADS"] = "1"
-    one = subprocess.run([sys.executable, str(script), str(model_dir), str(tmp_path), loss_type], capture_output=True, text=True, env=env, check=False)
-    assert one.returncode == 0, one.stderr[-3000:]
+    python(str(script), str(model_dir), str(tmp_path), loss_type)
     torchrun(str(script), str(model_dir), str(tmp_path), loss_type)
     single, double = torch.load(tmp_path / "grad-1.pt"), torch.load(tmp_path / "grad-2.pt")
     assert len(single["lengths"]) > 1  # completions of different lengths: token counts differ between the processes

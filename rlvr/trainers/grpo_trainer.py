@@ -289,11 +289,7 @@ class GRPOTrainer:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        if cfg.generation_batch_size % (cfg.num_generations * self.world_size):
-            raise ValueError(
-                f"generation_batch_size={cfg.generation_batch_size} cannot be split into whole groups of "
-                f"{cfg.num_generations} over {self.world_size} processes; use a multiple of {cfg.num_generations * self.world_size}"
-            )
+        # (GRPOConfig has already checked the batch and the generator against WORLD_SIZE)
         _seed_everything(cfg.seed)
         if reward is None and env is None:
             raise ValueError("GRPOTrainer needs an env or a reward")
@@ -370,9 +366,9 @@ class GRPOTrainer:
     # ----------------------------------------------------------------- processes
     def _broadcast(self, obj: Any) -> Any:
         """Process 0's value of ``obj`` on every process."""
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
 
     def _gather(self, items: list[Any]) -> list[Any]:
         """Every process's list, concatenated in process order (the list itself with one process)."""
@@ -387,8 +383,7 @@ class GRPOTrainer:
         if self.world_size == 1:
             return [float(v) for v in values]
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
+        return self.accelerator.reduce(t, reduction="sum").tolist()
 
     def _barrier(self) -> None:
         if self.world_size > 1:
@@ -400,11 +395,6 @@ class GRPOTrainer:
         kind = cfg.generator
         if kind == "auto":
             kind = "vllm" if vllm_available() and self.world_size == 1 else "hf"
-        if kind == "vllm" and self.world_size > 1:
-            raise ValueError(
-                f"generator='vllm' runs in one process, and this run has {self.world_size}; use generator='hf' "
-                "(each process generates its own share with the live model) or launch one process"
-            )
         if kind == "hf":
             return HFGenerator(self.model, self.tokenizer, batch_size=max(cfg.generation_batch_size, 1))
         path = self.model_path
@@ -518,8 +508,8 @@ class GRPOTrainer:
         elif self.world_size > 1 and len(kept) < want:
             # every process must run the same number of backward passes: fill up with tied groups
             kept += dropped[: want - len(kept)]
-        rounds_max, seen_groups, tie_groups, num_groups = self._sum(rounds, seen_groups, tie_groups, len(kept))
-        metrics["dynamic_sampling_rounds"] = rounds if self.world_size == 1 else rounds_max / self.world_size
+        rounds_sum, seen_groups, tie_groups, num_groups = self._sum(rounds, seen_groups, tie_groups, len(kept))
+        metrics["dynamic_sampling_rounds"] = rounds if self.world_size == 1 else rounds_sum / self.world_size
         metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
         metrics["num_groups"] = int(num_groups)
         return [r for group in kept for r in group]
@@ -835,9 +825,7 @@ class GRPOTrainer:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
         from safetensors.torch import save_file
 
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        if self.world_size > 1:
-            path = Path(self._broadcast(str(path)))
+        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"  # the same on every process
         tmp = path.with_name(path.name + ".tmp")
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
