@@ -6,10 +6,18 @@ candidate in one interpreter, "exit code 0 means pass"), would score full marks.
 
 from __future__ import annotations
 
+import ast
+import collections
+import importlib.util
+import marshal
+import math
 import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +25,7 @@ from rlvr.registry import load_verifier
 from rlvr.rewards import Reward, Sample, Status
 from rlvr.sandboxes import Limits, get_sandbox
 from rlvr.sandboxes.bubblewrap import BubblewrapSandbox
+from rlvr.verifiers import code, code_harness
 from rlvr.verifiers.code import CodeVerifier, extract_program, split_test_names
 
 LIMITS = Limits(timeout_s=15, memory_mb=256, max_output_bytes=1 << 16, max_processes=16)
@@ -277,3 +286,108 @@ def test_bubblewrap_verifier_pickles_for_worker_processes():
     verifier.score([Sample("p", "def add(a, b): return a + b", ADD)])  # the warm pool now exists
     clone = pickle.loads(pickle.dumps(verifier))
     assert clone.score([Sample("p", "def add(a, b): return a + b", ADD)])[0].score == 1.0
+
+
+# --- the harness module (standard library only: it runs inside the sandbox) -------------------
+
+PLAIN = [
+    None, True, False, 0, -1, 2**100, -(2**70), 1.5, -0.0, float("inf"), 1e-310, "", "héllo ✓\n:;", "\ud800",
+    b"", b"\x00\xff:;", 1 + 2j, complex(-0.0, float("-inf")), [], (), (1,), set(), frozenset({"a", 1}), {},
+    [1, [2, (3, "x")], {"k": (None,)}], {1: "a", "b": [b"c"], (1, 2): {3: frozenset({4})}}, {1, 2.5, "s", (1,)},
+    int, str, bytes, frozenset, [[[[[]]]]],
+]
+
+
+def same(a, b):
+    """Equal with exactly the same built-in types all the way down (True is not 1, 1.0 is not 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=repr)
+def test_harness_codec_round_trips_plain_data(value):
+    text = code_harness.encode(value)
+    assert type(text) is str
+    assert same(code_harness.decode(text), value)
+
+
+def test_harness_codec_plain_bases_handles_and_refuses_the_rest():
+    h = code_harness
+    assert math.isnan(h.decode(h.encode(float("nan"))))
+    Point = collections.namedtuple("Point", "x y")
+    for fancy, plain in [
+        (bytearray(b"ab"), b"ab"),
+        (collections.Counter("aab"), {"a": 2, "b": 1}),
+        (collections.OrderedDict(a=1), {"a": 1}),
+        (Point(1, 2), (1, 2)),
+    ]:
+        assert same(h.decode(h.encode(fancy)), plain)
+
+    class Sneaky(int):  # an int subclass with an always-true __eq__ must not cross as data
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    with pytest.raises(TypeError, match="plain data"):
+        h.encode(Sneaky(1))
+    with pytest.raises(TypeError, match="plain data"):
+        h.encode([object()])
+    # In the candidate (a handles list), anything else stays behind as an opaque handle ...
+    handles, obj = [], Sneaky(3)
+    text = h.encode(["x", obj], handles)
+    assert handles == [obj] and text.endswith("h0;")
+    handle = h.decode(text)[1]
+    assert type(handle) is h.Handle
+    for probe in (lambda: handle == 3, lambda: bool(handle), lambda: list(handle), lambda: 3 in handle):
+        with pytest.raises(TypeError):
+            probe()
+    assert h.decode(h.encode(handle), handles=handles) is obj  # ... that comes back to the candidate as itself
+    tree = object()
+    assert h.decode(h.encode(h.Ref("tree")), refs={"tree": tree}) is tree
+    for bad in ("", "x", "i1;junk", "s5:abc", "l2:N", "yobject", "y5:print", "y4:Ref1", "h-1;", "r4:tree", "d1:N"):
+        with pytest.raises(ValueError):
+            h.decode(bad)
+    deep = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(ValueError, match="deeply"):
+        h.encode(deep)
+    with pytest.raises(ValueError, match="deeply"):
+        h.decode("l1:" * 300 + "N")
+
+
+def test_grader_uses_the_harness_codec_and_ships_the_harness_module():
+    assert code.encode is code_harness.encode
+    source, pyc = code._harness_files()
+    assert source == Path(code_harness.__file__).read_text(encoding="utf-8")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and len(pyc) > 16
+    assert marshal.loads(pyc[16:]).co_filename == "harness.py"
+    assert code._harness_files() is code._harness_files()  # read and compiled once
+
+
+def test_harness_module_imports_only_the_standard_library():
+    tree = ast.parse(Path(code_harness.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the harness runs alone in the sandbox"
+            imported.add(node.module.split(".")[0])
+    assert {"os", "sys", "select"} <= imported
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_importing_the_harness_module_has_no_side_effects():
+    """Outside the sandbox (the grader) importing it must not clean sys.path or run anything."""
+    check = "import sys; before = list(sys.path); import rlvr.verifiers.code_harness; assert sys.path == before, sys.path"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
