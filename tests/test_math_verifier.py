@@ -14,8 +14,7 @@ import pytest
 
 from rlvr.registry import load_verifier
 from rlvr.rewards import Sample, Status
-from rlvr.verifiers._math_text import extract_answer, parse_number
-from rlvr.verifiers.math import MathVerifier
+from rlvr.verifiers.math import MathVerifier, extract_answer, parse_number
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from rlvr.rewards import Outcome, Sample
-from rlvr.verifiers._math_text import extract_answer
+from rlvr.verifiers.math.extraction import extract_answer
 
 __all__ = ["BoxedFormat", "LengthPenalty", "ThinkFormat", "overlong_penalty"]
 
@@ -22,7 +22,7 @@ __all__ = ["BoxedFormat", "LengthPenalty", "ThinkFormat", "overlong_penalty"]
 class BoxedFormat:
     r"""1.0 if the completion ends with a final ``\boxed{...}`` answer, else 0.0.
 
-    "Final" means the last box (see :func:`rlvr.verifiers._math_text.extract_answer`) is
+    "Final" means the last box (see :func:`rlvr.verifiers.math.extraction.extract_answer`) is
     non-empty. With ``require_end=True`` (default False) nothing but punctuation, closing
     math delimiters and at most ``max_trailing_chars`` other characters may follow it.
     """

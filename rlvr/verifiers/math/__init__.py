@@ -27,7 +27,7 @@ How a pair is decided, cheapest first:
 3. **sympy** (in worker processes killed at ``timeout_s``): expressions, radicals,
    ``\pi``, ``e``, logs, trig, equations, sets, tuples, intervals and inequalities,
    matrices, ``\sum``/``\prod`` and sums or products written with an ellipsis, piecewise
-   ``\begin{cases}`` answers (compared case by case); see :mod:`rlvr.verifiers._math_sympy`
+   ``\begin{cases}`` answers (compared case by case); see :mod:`rlvr.verifiers.math.latex`
    for the parser and why it is hand-written.
 4. **Words** (after the mathematical comparison said no): "infinitely many" is
    ``\infty``; residue classes in any form (``n \equiv 2 \pmod 4``, ``n = 4k+2``, "those
@@ -36,14 +36,14 @@ How a pair is decided, cheapest first:
    ("Petya" for "Petya will receive the last token."), a sentence stating quantities
    clause by clause accepts the same numbers listed with their labels, and a sentence
    stating a sign accepts the inequality -- the conservative rules of
-   :func:`rlvr.verifiers._math_text.phrase_match`, ``quantities_match`` and
+   :func:`rlvr.verifiers.math.text.phrase_match`, ``quantities_match`` and
    ``sign_statement_match``.
 
 Number rules: ``0.333`` is not ``1/3`` (pass ``rel_tol=1e-3`` to accept approximations);
 a reference written as a decimal (``41.494``, ``165.47``) is itself a rounded value, so
 with ``gold_precision=True`` (the default) it accepts an answer whose value rounds or
 truncates to it, and a coarser decimal answer of at least 3 significant digits that it
-rounds to (``165.5``); see :func:`rlvr.verifiers._math_text.stated_precision`.
+rounds to (``165.5``); see :func:`rlvr.verifiers.math.plain_numbers.stated_precision`.
 ``28\%`` as reference accepts ``28`` and ``0.28``; ``5\%`` as an answer means ``0.05``,
 and also matches a plain integer or decimal reference ``5`` (GSM8K writes 5 for 5%), but
 not a fraction (``4 4/9\%`` is not ``40/9``).
@@ -53,10 +53,32 @@ included: length caps and size guards refuse ``9^{9^{9^{9}}}`` or ``10000000!`` 
 sympy computes them (a wrong answer, with the reason), and anything that still runs too
 long is killed with its worker (``Status.TIMEOUT``, never a 0). No signals are used, so the
 verifier works from any thread.
+
+The package, lowest layer first (a module imports only modules listed above it):
+
+- :mod:`~rlvr.verifiers.math.normalization` -- ``normalize``, ``compact``, ``repair_escapes``,
+  ``split_top_level``: LaTeX noise, units and escapes stripped from an answer;
+- :mod:`~rlvr.verifiers.math.plain_numbers` -- ``parse_number``, ``Number``,
+  ``stated_precision``: plain numbers read exactly, decimal-precision rules;
+- :mod:`~rlvr.verifiers.math.text` -- ``phrase_match``, ``quantities_match``,
+  ``residues_equal``, ``sign_statement_match``: answers written in words;
+- :mod:`~rlvr.verifiers.math.extraction` -- ``extract_answer``, ``extract_reference``,
+  ``FALLBACKS``: the answer in a completion, the gold answer in a reference;
+- :mod:`~rlvr.verifiers.math.latex` -- ``latex_to_sympy``, ``tokenize``, ``TooLarge``,
+  ``ParseError``: the LaTeX -> sympy parser with its size guards (sympy from here on);
+- :mod:`~rlvr.verifiers.math.numeric` -- 50-digit evaluation at test points, relative closeness;
+- :mod:`~rlvr.verifiers.math.forms` -- ``parse_answer``, ``Node``: answer forms (lists,
+  tuples, sets, intervals, inequalities, equations, assignments, matrices, text);
+- :mod:`~rlvr.verifiers.math.equivalence` -- ``check``, ``Options``, ``nodes_equal``: the
+  equivalence check run in the worker processes;
+- this ``__init__`` -- :class:`MathVerifier`. It imports the string half eagerly and the
+  sympy half only inside the workers; the public names of every module can be imported
+  from ``rlvr.verifiers.math`` (the sympy ones load sympy on first access).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -66,19 +88,39 @@ from fractions import Fraction
 from typing import Any
 
 from rlvr.rewards import Outcome, Sample, Status, isolated
-from rlvr.verifiers._math_text import (
-    FALLBACKS,
-    MAX_ANSWER_CHARS,
-    Number,
-    compact,
-    extract_answer,
-    extract_reference,
-    normalize,
-    parse_number,
-    stated_precision,
-)
+from rlvr.verifiers.math.extraction import FALLBACKS, extract_answer, extract_reference
+from rlvr.verifiers.math.normalization import MAX_ANSWER_CHARS, compact, normalize
+from rlvr.verifiers.math.plain_numbers import Number, parse_number, stated_precision
 
 __all__ = ["MathVerifier"]
+
+# Public names of the submodules that MathVerifier does not use itself, importable from the
+# package all the same. They load on first access, so that importing MathVerifier does not
+# import sympy in the caller's process (only the worker processes need it).
+_LAZY = {
+    **dict.fromkeys(["repair_escapes", "split_top_level", "strip_approx"], "normalization"),
+    **dict.fromkeys(["MAX_EXPONENT"], "plain_numbers"),
+    **dict.fromkeys(["phrase_match", "quantities_match", "residue_classes", "residues_equal", "sign_statement_match"], "text"),
+    **dict.fromkeys(
+        ["MAX_DEPTH", "MAX_DIGITS", "MAX_FACTORIAL", "ParseError", "TooLarge", "guarded_factorial", "guarded_pow", "latex_to_sympy", "tokenize"],
+        "latex",
+    ),
+    **dict.fromkeys(["Node", "parse_answer"], "forms"),
+    **dict.fromkeys(["Options", "check", "declared_params", "nodes_equal", "scalar_equal"], "equivalence"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 _MAX_COMPLETION_CHARS = 1_000_000
 
@@ -137,7 +179,7 @@ class _SympyCheck:
         self.phrase_match = phrase_match
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
-        from rlvr.verifiers._math_sympy import Options, check
+        from rlvr.verifiers.math.equivalence import Options, check
 
         opts = Options(rel_tol=self.rel_tol, gold_precision=self.gold_precision, phrases=self.phrase_match)
         out = []
@@ -168,7 +210,7 @@ class MathVerifier:
         memory_mb: Address-space headroom per worker.
         phrase_match: Text references: accept a short text answer that is the reference
             sentence's subject or predicate ("Petya" for "Petya will receive the last
-            token."; conservative rules in :func:`rlvr.verifiers._math_text.phrase_match`).
+            token."; conservative rules in :func:`rlvr.verifiers.math.text.phrase_match`).
             ``False``: text must match as a whole.
         cheap_in_process: Decide string/number pairs in the caller's process (fast); set
             False to send every pair to the workers.
