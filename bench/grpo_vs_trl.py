@@ -7,9 +7,15 @@ rate, beta 0, 10 steps each. TRL generates with ``transformers.generate`` (its d
 ``use_vllm`` needs a GPU server or CUDA colocate); rlvr with its default generator (vLLM when
 importable). Engine start-up and model loading are outside the timed steps for both.
 
-    python bench/grpo_vs_trl.py                 # both, 10 steps each
+Each framework runs as its user gets it: its own precision default (rlvr: bf16 autocast only
+where bf16 is fast -- CUDA, or a CPU with AMX; TRL: ``bf16=True`` unless told otherwise) and
+its own other defaults. The table says which CPU ran it (model name, AMX or not) and which
+precision each side used.
+
+    python bench/grpo_vs_trl.py                       # both, 10 steps each, each with its defaults
     python bench/grpo_vs_trl.py --steps 5 --only rlvr
-    python bench/grpo_vs_trl.py --trl-bf16      # give TRL bf16 autocast too
+    python bench/grpo_vs_trl.py --trl-bf16 off        # TRL in fp32
+    python bench/grpo_vs_trl.py --rlvr-bf16 on        # force rlvr's choice either way
 
 Prints a JSON line per framework and a Markdown table (also appended to ``--out`` when given).
 """
@@ -36,7 +42,27 @@ def task_data(n_train: int = 400):
     return Arithmetic(n_train=n_train, seed=0)
 
 
-def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
+def cpu_description() -> str:
+    """``MODEL NAME, AMX`` or ``..., no AMX`` (from /proc/cpuinfo), with the core count."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    return f"{model}, {amx}, {os.cpu_count()} cores"
+
+
+def _switch(value: str) -> bool | None:
+    return {"on": True, "off": False}.get(value)
+
+
+def run_rlvr(steps: int, bf16: bool | None, lr: float) -> dict:
     from rlvr.trainers.grpo_config import GRPOConfig
     from rlvr.trainers.grpo_trainer import GRPOTrainer
 
@@ -64,7 +90,7 @@ def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
     return {
         "framework": "rlvr",
         "generator": trainer.generator.name,
-        "bf16": bf16,
+        "bf16": trainer.policy.bf16,
         "setup_s": setup,
         "step_times_s": [r["step_time_s"] for r in h],
         "generation_s": [r["generation_time_s"] for r in h],
@@ -73,7 +99,7 @@ def run_rlvr(steps: int, bf16: bool, lr: float) -> dict:
     }
 
 
-def run_trl(steps: int, bf16: bool, lr: float) -> dict:
+def run_trl(steps: int, bf16: bool | None, lr: float) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig as TRLConfig
@@ -119,7 +145,7 @@ def run_trl(steps: int, bf16: bool, lr: float) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
-        bf16=bf16,
+        **({} if bf16 is None else {"bf16": bf16}),
         seed=0,
         temperature=1.0,
         disable_tqdm=True,
@@ -139,7 +165,7 @@ def run_trl(steps: int, bf16: bool, lr: float) -> dict:
     return {
         "framework": "trl",
         "generator": "transformers.generate",
-        "bf16": bf16,
+        "bf16": bool(trainer.args.bf16),
         "setup_s": setup,
         "step_times_s": timer.times,
         "reward_mean": rewards,
@@ -151,15 +177,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--only", choices=["rlvr", "trl"])
-    parser.add_argument("--rlvr-fp32", action="store_true", help="train rlvr without bf16 autocast")
-    parser.add_argument("--trl-bf16", action="store_true", help="give TRL bf16 autocast as well")
+    parser.add_argument("--rlvr-bf16", choices=["auto", "on", "off"], default="auto", help="rlvr's bf16 autocast (auto: rlvr's own choice)")
+    parser.add_argument("--trl-bf16", choices=["default", "on", "off"], default="default", help="TRL's bf16 (default: TRL's own, True)")
     parser.add_argument("--out", help="also append the Markdown table to this file")
     args = parser.parse_args()
     if args.only:  # one framework, in this process; its result is the last stdout line
         result = (
-            run_rlvr(args.steps, not args.rlvr_fp32, args.lr)
+            run_rlvr(args.steps, _switch(args.rlvr_bf16), args.lr)
             if args.only == "rlvr"
-            else run_trl(args.steps, args.trl_bf16, args.lr)
+            else run_trl(args.steps, _switch(args.trl_bf16), args.lr)
         )
         print("RESULT " + json.dumps(result), flush=True)
         return
@@ -167,8 +193,7 @@ def main() -> None:
     results = []
     for name in ("rlvr", "trl"):
         cmd = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--lr", str(args.lr)]
-        cmd += ["--rlvr-fp32"] if args.rlvr_fp32 else []
-        cmd += ["--trl-bf16"] if args.trl_bf16 else []
+        cmd += ["--rlvr-bf16", args.rlvr_bf16, "--trl-bf16", args.trl_bf16]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not found:
@@ -177,15 +202,15 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     lines = [
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
+        f"CPU: {cpu_description()}; torch threads {__import__('torch').get_num_threads()}",
         "",
-        "| framework | generator | trainer bf16 | median step s | mean step s | min | max | setup s |",
+        "| framework | generator | trainer precision | median step s | mean step s | min | max | setup s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         t = r["step_times_s"]
         lines.append(
-            f"| {r['framework']} | {r['generator']} | {r['bf16']} | {statistics.median(t):.2f} | {statistics.mean(t):.2f} | "
+            f"| {r['framework']} | {r['generator']} | {'bf16 autocast' if r['bf16'] else 'fp32'} | {statistics.median(t):.2f} | {statistics.mean(t):.2f} | "
             f"{min(t):.2f} | {max(t):.2f} | {r['setup_s']:.1f} |"
         )
     if len(results) == 2:

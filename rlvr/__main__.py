@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from rlvr.registry import RegistryError, list_environments, list_verifiers, load_verifier
+from rlvr.registry import RegistryError, list_environments, list_trainers, list_verifiers, load_verifier
 from rlvr.rewards import Outcome, Sample, check_outcomes
 
 
@@ -29,7 +29,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    for title, regs in (("verifiers", list_verifiers()), ("environments", list_environments())):
+    for title, regs in (("verifiers", list_verifiers()), ("environments", list_environments()), ("trainers", list_trainers())):
         print(f"{title}:")
         width = max((len(n) for n in regs), default=0)
         for name, reg in regs.items():
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``rlvr`` command line."""
     parser = argparse.ArgumentParser(prog="rlvr", description="rlvr: reinforcement learning with verifiable rewards")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="every registered verifier and environment, with the distribution providing it")
+    p = sub.add_parser("list", help="every registered verifier, environment and trainer, with the distribution providing it")
     p.set_defaults(fn=_cmd_list)
     p = sub.add_parser("verify", help="score one completion with a registered verifier")
     p.add_argument("verifier", help="a verifier name (see `rlvr list`)")

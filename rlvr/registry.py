@@ -1,4 +1,4 @@
-"""Entry-point registry: verifiers and environments from any installed distribution.
+"""Entry-point registry: verifiers, environments and trainers from any installed distribution.
 
 A package registers its own in its ``pyproject.toml``; rlvr registers its built-ins the
 same way::
@@ -9,6 +9,14 @@ same way::
     [project.entry-points."rlvr.environments"]
     gsm8k = "rlvr.environments.gsm8k:GSM8K"
 
+    [project.entry-points."rlvr.trainers"]
+    grpo = "rlvr.trainers.grpo_config:GRPOConfig"
+
+A trainer is registered by its CONFIG class, whose ``trainer`` class attribute names the
+trainer class (``"module:Class"``): ``python -m rlvr.train --trainer NAME`` checks a config
+without importing torch, and imports the trainer only to train. The experimental layer
+registers its trainers the same way, so stable code never imports it.
+
 Loading is lazy: listing reads only package metadata; ``load_*`` imports the one module
 it needs. This is the project's only registry.
 """
@@ -16,6 +24,7 @@ it needs. This is the project's only registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -28,10 +37,15 @@ __all__ = [
     "load_verifier",
     "list_environments",
     "load_environment",
+    "TRAINERS",
+    "list_trainers",
+    "load_trainer_config",
+    "load_trainer_class",
 ]
 
 VERIFIERS = "rlvr.verifiers"
 ENVIRONMENTS = "rlvr.environments"
+TRAINERS = "rlvr.trainers"
 
 
 class RegistryError(LookupError):
@@ -72,6 +86,11 @@ def _registrations(group: str) -> dict[str, Registration]:
 
 
 def _load(group: str, name: str, kwargs: dict[str, Any]) -> Any:
+    obj = _load_object(group, name)
+    return obj(**kwargs) if callable(obj) else obj
+
+
+def _load_object(group: str, name: str) -> Any:
     regs = _registrations(group)
     if name not in regs:
         kind = group.rsplit(".", 1)[-1][:-1]
@@ -81,8 +100,7 @@ def _load(group: str, name: str, kwargs: dict[str, Any]) -> Any:
             f"A plugin registers one under the entry-point group {group!r}."
         )
     reg = regs[name]
-    obj = EntryPoint(reg.name, reg.target, group).load()
-    return obj(**kwargs) if callable(obj) else obj
+    return EntryPoint(reg.name, reg.target, group).load()
 
 
 def list_verifiers() -> dict[str, Registration]:
@@ -103,3 +121,25 @@ def list_environments() -> dict[str, Registration]:
 def load_environment(name: str, **kwargs: Any) -> Any:
     """Import the environment registered as ``name`` and build it with ``kwargs``."""
     return _load(ENVIRONMENTS, name, kwargs)
+
+
+def list_trainers() -> dict[str, Registration]:
+    """Every registered trainer, by name."""
+    return _registrations(TRAINERS)
+
+
+def load_trainer_config(name: str) -> type:
+    """The config class registered as trainer ``name`` (imports its config module only)."""
+    cls = _load_object(TRAINERS, name)
+    if not isinstance(cls, type) or not isinstance(getattr(cls, "trainer", None), str) or ":" not in cls.trainer:
+        raise RegistryError(
+            f"trainer {name!r} is registered as {list_trainers()[name].target}, which is not a config class with a "
+            "'trainer = \"module:Class\"' attribute; register the trainer's config class"
+        )
+    return cls
+
+
+def load_trainer_class(config_class: type) -> type:
+    """The trainer class a config class names in its ``trainer`` attribute."""
+    module, _, attr = config_class.trainer.partition(":")
+    return getattr(import_module(module), attr)

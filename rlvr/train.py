@@ -1,34 +1,43 @@
-"""``python -m rlvr.train``: GRPO on an environment, from a YAML config plus ``--key value`` overrides.
+"""``python -m rlvr.train``: train with any registered trainer, from a YAML config plus ``--key value`` overrides.
 
 ::
 
-    python -m rlvr.train                                   # the embedded default: arithmetic, SmolLM2-135M, CPU-sized
+    python -m rlvr.train                                   # GRPO, the embedded default: arithmetic, SmolLM2-135M, CPU-sized
+    python -m rlvr.train --trainer grpo --help             # every field of the trainer's config, with its default
     python -m rlvr.train --config run.yaml --learning_rate 2e-6 --max_steps 200
     python -m rlvr.train --env gsm8k --generator hf --output-dir runs/gsm8k
     python -m rlvr.train --env jsonl:data.jsonl --verifier math
-    python -m rlvr.train --resume runs/gsm8k               # continue from its latest checkpoint
+    python -m rlvr.train --resume runs/gsm8k               # continue from its latest checkpoint (same trainer)
 
-Every :class:`~rlvr.trainers.grpo_config.GRPOConfig` field is a flag (``--num_generations 8``
-or ``--num-generations 8``); values are parsed as YAML (``--env_kwargs '{digits: 2}'``,
-``--report_to tensorboard,wandb``). The config is checked completely before any model is
-loaded. The run directory receives ``config.json``, ``metrics.jsonl`` (one line per step),
-``eval.json`` (held-out accuracy before and after), ``curves.png``, ``checkpoint-N/`` every
-``save_steps`` and ``final/`` (the trained model, LoRA merged, with its tokenizer).
+``--trainer NAME`` picks a trainer registered under the entry-point group ``rlvr.trainers``
+(``python -m rlvr list`` shows them; third-party packages register theirs the same way).
+The name may also come from the config file's ``trainer:`` key or, with ``--resume``, from
+the checkpoint; the default is ``grpo``. Every field of the trainer's config is a flag
+(``--num_generations 8`` or ``--num-generations 8``); values are parsed as YAML
+(``--env_kwargs '{digits: 2}'``, ``--report_to tensorboard,wandb``).
+
+The config, the model source and the environment are checked before any model is loaded,
+and torch is not imported until they pass: a bad input is one ``error: ...`` line, exit
+code 2, and nothing written. The run directory receives ``config.json``, ``metrics.jsonl``
+(one line per step), ``eval.json`` (held-out accuracy before and after), ``curves.png``,
+``checkpoint-N/`` every ``save_steps`` and ``final/`` (the trained model, LoRA merged, with
+its tokenizer).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "parse_config", "plot_curves"]
+from rlvr.trainers.config import ConfigError
 
-TRAINERS = ("grpo",)
+__all__ = ["main", "parse_config"]
+
+DEFAULT_TRAINER = "grpo"
 
 
 def _parse_value(text: str) -> Any:
@@ -40,40 +49,8 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_config(argv: list[str]) -> tuple[Any, str | None]:
-    """Command line -> ``(GRPOConfig, resume_dir)``; raises ``ConfigError``/``SystemExit`` on a bad one, loading no model."""
-    import yaml
-
-    from rlvr.trainers.grpo_config import ConfigError, GRPOConfig
-
-    defaults = GRPOConfig.__dataclass_fields__
-    fields = ", ".join(
-        f"--{name} ({f.default!r})" if f.default is not dataclasses.MISSING else f"--{name} ({f.default_factory()!r})"
-        for name, f in defaults.items()
-    )
-    parser = argparse.ArgumentParser(
-        prog="python -m rlvr.train",
-        description="GRPO with verifiable rewards. Any GRPOConfig field is a --flag; see docs/training.md.",
-        epilog=f"GRPOConfig fields (default): {fields}",
-    )
-    parser.add_argument("--config", help="YAML file of GRPOConfig fields")
-    parser.add_argument("--trainer", default="grpo", choices=TRAINERS, help="training method (default grpo)")
-    parser.add_argument("--resume", help="a run directory or checkpoint-N directory to continue from")
-    args, rest = parser.parse_known_args(argv)
+def _overrides(rest: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of GRPOConfig fields, got {type(loaded).__name__}")
-        values.update(loaded)
-    if args.resume:
-        from rlvr.trainers.grpo_trainer import find_checkpoint
-
-        state = json.loads((find_checkpoint(args.resume) / "trainer_state.json").read_text())
-        values = {**state["config"], **values}
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -83,19 +60,82 @@ def parse_config(argv: list[str]) -> tuple[Any, str | None]:
         if "=" in key:
             key, raw = key.split("=", 1)
             i += 1
+        elif i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+            raw = "true"  # a bare --flag is a boolean switch
+            i += 1
         else:
-            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                raw = "true"  # a bare --flag is a boolean switch
-                i += 1
-            else:
-                raw = rest[i + 1]
-                i += 2
+            raw = rest[i + 1]
+            i += 2
         key = key.replace("-", "_")
-        values[key] = raw if key in ("output_dir", "model", "env") else _parse_value(raw)
-    if args.resume and "output_dir" not in values:
+        values[key] = raw if key in ("output_dir", "model", "env", "system_prompt") else _parse_value(raw)
+    return values
+
+
+def _help(name: str, config_class: type) -> str:
+    lines = [
+        f"usage: python -m rlvr.train [--trainer {name}] [--config FILE.yaml] [--resume DIR] [--FIELD VALUE ...]",
+        "",
+        f"Trains with the {name!r} trainer ({config_class.__module__}.{config_class.__name__}).",
+        "Every field below is a --flag (values parsed as YAML); see docs/training.md.",
+        "",
+        "  --trainer NAME   a registered trainer (python -m rlvr list); default grpo",
+        "  --config FILE    a YAML file of fields (and optionally `trainer: NAME`)",
+        "  --resume DIR     a run directory or checkpoint-N directory to continue from",
+        "",
+        f"{config_class.__name__} fields (default):",
+    ]
+    for field_name, default, doc in config_class.field_help():
+        lines.append(f"  --{field_name} ({default!r})")
+        if doc:
+            lines.append(f"      {doc}")
+    return "\n".join(lines)
+
+
+def parse_config(argv: list[str]) -> tuple[Any, str | None]:
+    """Command line -> ``(config, resume_dir)``; raises ``ConfigError`` on a bad one, importing no torch.
+
+    The config is an instance of the chosen trainer's config class (``GRPOConfig`` for ``grpo``).
+    """
+    import yaml
+
+    from rlvr.registry import load_trainer_config
+    from rlvr.trainers.run import read_trainer_state
+
+    parser = argparse.ArgumentParser(prog="python -m rlvr.train", add_help=False)
+    parser.add_argument("--config")
+    parser.add_argument("--trainer")
+    parser.add_argument("--resume")
+    parser.add_argument("-h", "--help", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    values: dict[str, Any] = {}
+    from_file = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of config fields, got {type(loaded).__name__}")
+        from_file = loaded.pop("trainer", None)
+        values.update(loaded)
+    state = read_trainer_state(args.resume) if args.resume else None
+    saved = state.get("trainer", DEFAULT_TRAINER) if state else None
+    name = args.trainer or from_file or saved or DEFAULT_TRAINER
+    if saved and name != saved:
+        raise ConfigError(f"--resume {args.resume} is a {saved!r} run; resume it with --trainer {saved} (or leave --trainer out)")
+    config_class = load_trainer_config(name)
+    if args.help:
+        print(_help(name, config_class))
+        raise SystemExit(0)
+    if state:
+        values = {**{k: v for k, v in state["config"].items() if k != "trainer"}, **values}
+    values.update(_overrides(rest))
+    if args.resume and not values.get("output_dir"):
         values["output_dir"] = str(_run_dir_of(args.resume))
-    values.setdefault("output_dir", str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
-    return GRPOConfig.from_dict(values), args.resume
+    return config_class.from_dict(values), args.resume
 
 
 def _run_dir_of(resume: str) -> Path:
@@ -103,69 +143,22 @@ def _run_dir_of(resume: str) -> Path:
     return path.parent if (path / "trainer_state.json").exists() else path
 
 
-def plot_curves(metrics_path: str | Path, out_path: str | Path, eval_summary: dict[str, Any] | None = None) -> None:
-    """Reward and accuracy over steps (with the held-out accuracy before/after when given) to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(steps, [r["reward_mean"] for r in rows], label="reward (train batch)", alpha=0.5)
-    ax[0].plot(steps, _smooth([r["reward_mean"] for r in rows]), label="reward, smoothed")
-    ax[0].set_xlabel("step")
-    ax[0].set_title("reward")
-    ax[0].legend()
-    ax[1].plot(steps, [r["accuracy"] for r in rows], label="accuracy (train batch)", alpha=0.5)
-    ax[1].plot(steps, _smooth([r["accuracy"] for r in rows]), label="accuracy, smoothed")
-    if eval_summary and "before" in eval_summary and "after" in eval_summary and steps:
-        ax[1].plot(
-            [0, steps[-1]],
-            [eval_summary["before"]["accuracy"], eval_summary["after"]["accuracy"]],
-            "o--",
-            label="held-out accuracy (greedy)",
-        )
-    ax[1].set_xlabel("step")
-    ax[1].set_ylim(-0.02, 1.02)
-    ax[1].set_title("accuracy")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-
-
-def _smooth(values: list[float], k: int = 5) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        window = values[max(0, i - k + 1) : i + 1]
-        out.append(sum(window) / len(window))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``python -m rlvr.train``; returns the exit code."""
-    from rlvr.trainers.grpo_config import ConfigError
+    from rlvr.registry import RegistryError, load_trainer_class
 
     try:
         config, resume = parse_config(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
+        from rlvr.models import check_model_source
+
+        check_model_source(config.model)
+        trainer_class = load_trainer_class(type(config))
+        trainer = trainer_class.from_config(config)
+        if resume:
+            trainer.resume(resume)
+    except (ConfigError, RegistryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    from rlvr.environments import make_environment
-    from rlvr.trainers.grpo_trainer import GRPOTrainer
-
-    env = make_environment(config.env, **config.env_kwargs)
-    reward = None
-    if config.verifier:
-        from rlvr.registry import load_verifier
-
-        reward = load_verifier(config.verifier)
-    trainer = GRPOTrainer(config, env=env, reward=reward)
-    if resume:
-        trainer.resume(resume)
     start = time.perf_counter()
     summary = trainer.train()
     wall = time.perf_counter() - start
@@ -175,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["wall_time_s"] = wall
     (out / "eval.json").write_text(json.dumps(summary, indent=2, default=str))
     if (out / "metrics.jsonl").exists():
+        from rlvr.trainers.run import plot_curves
+
         plot_curves(out / "metrics.jsonl", out / "curves.png", summary)
     line = f"done: {trainer.step} steps in {wall / 60:.1f} min -> {out}"
     if "before" in summary and "after" in summary:

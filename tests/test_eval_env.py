@@ -9,7 +9,7 @@ from math import comb
 
 import pytest
 
-from rlvr._eval_env import pass_at_k
+from rlvr.eval.env import pass_at_k
 
 
 def test_pass_at_k_hand_values():
@@ -42,5 +42,8 @@ def test_eval_env_runs_the_default_model(tmp_path):
     result = json.loads(out.read_text())
     assert result["tasks"] == 3 and result["n"] == 2
     assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
-    assert sum(result["outcomes"].values()) == 6
+    assert result["accuracy"] == result["pass@1"]  # the share of correct completions is pass@1
+    assert sum(result[f"n_{s}"] for s in ("ok", "timeout", "error", "abstain")) == 6
+    # the names the trainers log, so training and evaluation numbers compare directly
+    assert {"reward_mean", "accuracy", "completion_len_mean"} <= set(result)
     assert "pass@2" in proc.stdout

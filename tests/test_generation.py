@@ -72,7 +72,7 @@ def test_hf_generator_greedy_and_load_weights(tokenizer):
 
 
 def test_make_generator_rejects_unknown_kind(tokenizer):
-    with pytest.raises(ValueError, match="'auto', 'vllm' or 'hf'"):
+    with pytest.raises(ValueError, match="one of auto, vllm, hf"):
         make_generator("tgi", tiny_model(tokenizer), tokenizer)
 
 

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import subprocess_env, tiny_causal_lm
@@ -79,7 +80,8 @@ GRAD_SCRIPT = textwrap.dedent(
     from rlvr.generation import SamplingConfig
     from rlvr.rewards import FunctionReward
     from rlvr.trainers.grpo_config import GRPOConfig
-    from rlvr.trainers.grpo_trainer import GRPOTrainer, _Rollout
+    from rlvr.trainers.grpo_trainer import GRPOTrainer
+    from rlvr.trainers.rollouts import Rollout, new_timing, score_generations
 
     def length_reward(sample):
         return float(len(sample.completion) % 3)
@@ -93,19 +95,18 @@ GRAD_SCRIPT = textwrap.dedent(
             bf16=False, loss_type=loss_type, max_grad_norm=0.0, temperature=1.0,
         )
         trainer = GRPOTrainer(cfg, reward=FunctionReward(length_reward, name="len"), train_tasks=tasks)
-        gens = trainer.generator.generate([trainer._prompt(t) for t in tasks], 4, SamplingConfig(1.0, 1.0, 0, 8, 1234))
+        gens = trainer.generator.generate([t.prompt for t in tasks], 4, SamplingConfig(1.0, 1.0, 0, 8, 1234))
         # uneven lengths, so the two processes hold different token counts
         gens = [
             dataclasses.replace(g, completion_ids=g.completion_ids[: 2 + i % 7], logprobs=g.logprobs[: 2 + i % 7], finish_reason="stop")
             for i, g in enumerate(gens)
         ]
-        outcomes, _ = trainer._score(tasks, gens)
-        rollouts = [_Rollout(tasks[g.prompt_index], g, o) for g, o in zip(gens, outcomes)]
+        outcomes, _ = score_generations(trainer.reward, tasks, gens)
+        rollouts = [Rollout(tasks[g.prompt_index], g, o) for g, o in zip(gens, outcomes)]
         lengths = sorted({len(g.completion_ids) for g in gens})
         share = len(rollouts) // trainer.world_size
         mine = rollouts[trainer.rank * share : (trainer.rank + 1) * share]  # whole groups: 4 per prompt, in order
-        timing = dict.fromkeys(["step_start", "generation_time_s", "generated_tokens", "reward_time_s", "reward_compute_s", "train_time_s"], 0.0)
-        trainer._train_on(mine, {}, timing)
+        trainer._train_on(mine, {}, new_timing())
         if trainer.rank == 0:
             grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
             torch.save({"grad": grads, "lengths": lengths}, f"{out}/grad-{trainer.world_size}.pt")
@@ -126,16 +127,16 @@ def model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-def python(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def python(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"  # two processes on a small machine
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    return python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args)
+def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args, cwd=cwd)
 
 
 def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path, model_dir):
@@ -155,7 +156,7 @@ def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path,
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["n_ok"] == 16 and r["num_groups"] == 4 for r in rows)
     summary = json.loads((out / "eval.json").read_text())
-    assert summary["before"]["n"] == summary["after"]["n"] == 4
+    assert summary["before"]["tasks"] == summary["after"]["tasks"] == 4
     assert [e["prompt"] for e in summary["after"]["examples"]] == [f"Say something about {w}." for w in WORDS[:4]]
     ckpt = out / "checkpoint-2"
     assert {"rng.pt", "rng-1.pt", "data-1.json", "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
@@ -192,6 +193,30 @@ def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, l
     g1, g2 = single["grad"], double["grad"]
     assert g1.norm() > 0
     assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-6 * float(g1.abs().max())), float((g1 - g2).abs().max())
+
+
+def test_cli_under_torchrun_without_output_dir_writes_one_run_directory(tmp_path, model_dir):
+    """No --output-dir: process 0 picks runs/<timestamp> and every process writes there, checkpoints included."""
+    proc = torchrun(
+        "-m", "rlvr.train",
+        "--model", str(model_dir),
+        "--generator", "hf",
+        "--num_generations", "4",
+        "--generation_batch_size", "8",
+        "--max_completion_length", "6",
+        "--env_kwargs", "{n_train: 20, n_test: 4}",
+        "--eval_before", "false",
+        "--eval_after", "false",
+        "--progress_bar", "false",
+        "--max_steps", "2",
+        "--save_steps", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    assert {"checkpoint-1", "checkpoint-2", "metrics.jsonl", "final"} <= {p.name for p in runs[0].iterdir()}
+    assert {"rng.pt", "rng-1.pt", "data-1.json"} <= {p.name for p in (runs[0] / "checkpoint-2").iterdir()}
+    assert proc.stdout.count("done: 2 steps") == 1
 
 
 def test_cli_under_torchrun_writes_one_run(tmp_path, model_dir):

@@ -5,6 +5,7 @@ Generation here is ``HFGenerator`` (the vLLM path has its own tests in test_gene
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -14,10 +15,12 @@ from conftest import tiny_causal_lm
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from rlvr.environments.base import Task
+from rlvr.generation import HFGenerator
 from rlvr.models import resolve_model
 from rlvr.rewards import FunctionReward, Sample, isolated
 from rlvr.trainers.grpo_config import GRPOConfig
 from rlvr.trainers.grpo_trainer import GRPOTrainer
+from rlvr.trainers.rollouts import new_timing
 
 pytestmark = pytest.mark.slow
 
@@ -163,33 +166,96 @@ def test_reward_timeouts_do_not_stop_training(tokenizer, tmp_path):
     assert all(r["n_ok"] + r["n_timeout"] + r["n_error"] + r["n_abstain"] == 8 for r in rows)
 
 
-def test_lora_dynamic_sampling_multiple_iterations_overlapped_rewards(tokenizer, tmp_path):
-    trainer = make_trainer(
-        tokenizer,
-        tmp_path,
-        max_steps=4,
-        lora_r=4,
-        num_iterations=2,
-        dynamic_sampling=True,
-        max_dynamic_sampling_rounds=3,
-        mask_truncated_completions=True,
-        loss_type="grpo",
-        scale_rewards="batch",
-        reward_overlap_chunks=2,
-        eval_before=False,
-        eval_after=False,
-    )
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=2, lora_r=4, eval_before=False, eval_after=False)
     base_before = {k: v.clone() for k, v in trainer.model.get_base_model().state_dict().items() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
     trainer.train()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert all(1 <= r["dynamic_sampling_rounds"] <= 3 for r in rows)
-    # LoRA trains adapters only; the saved model is merged (plain Llama weights, no lora_ keys)
     for k, v in trainer.model.get_base_model().state_dict().items():
         if k in base_before:
             assert torch.equal(v, base_before[k]), k
+    assert any(not torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in lora_before.items())
     merged = LlamaForCausalLM.from_pretrained(tmp_path / "final")
     assert not any("lora" in k for k in merged.state_dict())
+    # merged = base + B @ A * scale: the saved weights differ from the base where LoRA learned something
+    base = {k.replace(".base_layer.", "."): v for k, v in base_before.items()}
+    changed = [k for k, v in merged.state_dict().items() if k in base and not torch.equal(v, base[k])]
+    assert any("proj" in k for k in changed) and "model.embed_tokens.weight" not in changed
+
+
+class PerPromptGenerator(HFGenerator):
+    """``transformers`` generation that seeds prompt i of a call ``seed + i`` on its own, as vLLM does:
+    each prompt's completions then do not depend on which other prompts share the call."""
+
+    def generate(self, prompts, n, sampling):
+        out = []
+        for i, p in enumerate(prompts):
+            gens = super().generate([p], n, dataclasses.replace(sampling, seed=sampling.seed + i))
+            out.extend(dataclasses.replace(g, prompt_index=i) for g in gens)
+        return out
+
+
+def test_reward_overlap_chunks_change_nothing_but_timing(tokenizer, tmp_path):
+    """Scoring chunk 1 while chunk 2 generates is the same computation: with a per-prompt seeded
+    generator, 2 chunks train bit-identically to 1."""
+
+    def run(chunks):
+        out = tmp_path / f"chunks{chunks}"
+        trainer = make_trainer(
+            tokenizer, out, max_steps=2, generation_batch_size=16, reward_overlap_chunks=chunks,
+            eval_before=False, eval_after=False, save_final_model=False,
+        )  # fmt: skip
+        trainer.generator = PerPromptGenerator(trainer.model, tokenizer)
+        trainer.train()
+        return trainer, [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    one, rows1 = run(1)
+    two, rows2 = run(2)
+    for a, b in zip(rows1, rows2):
+        for key in ("reward_mean", "completion_len_mean", "loss", "grad_norm"):
+            assert a[key] == b[key], (key, a[key], b[key])
+    for k, v in one.model.state_dict().items():
+        assert torch.equal(v, two.model.state_dict()[k]), k
+
+
+def test_dynamic_sampling_drops_tied_groups(tokenizer, tmp_path):
+    """Groups whose rewards all tie carry no signal: with dynamic sampling the batch keeps only groups
+    with a reward spread, drawing more prompts, unless the rounds run out."""
+    trainer = make_trainer(tokenizer, tmp_path, dynamic_sampling=True, max_dynamic_sampling_rounds=4)
+    for _ in range(3):
+        metrics: dict = {}
+        batch = trainer._collect(metrics, new_timing())
+        assert 1 <= metrics["dynamic_sampling_rounds"] <= 4
+        groups = [batch[i : i + 4] for i in range(0, len(batch), 4)]
+        if metrics["dynamic_sampling_rounds"] < 4:  # it stopped early: it found enough untied groups
+            assert len(groups) == 2
+            assert all(len({r.outcome.score for r in g}) > 1 for g in groups)
+        trainer.step += 1
+
+
+def test_num_iterations_takes_several_optimizer_steps_per_batch(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=4, num_iterations=2, eval_before=False, eval_after=False, save_final_model=False)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # steps 1-2 train on one generation batch, steps 3-4 on the next
+    assert rows[0]["reward_mean"] == rows[1]["reward_mean"] and rows[0]["completion_len_mean"] == rows[1]["completion_len_mean"]
+    assert rows[1]["generation_time_s"] == 0.0 and rows[0]["generation_time_s"] > 0
+    # the second iteration's ratio is no longer 1: the weights moved after the first step
+    assert rows[0]["clip_ratio_low"] == rows[0]["clip_ratio_high"] == 0.0
+    assert rows[0]["loss"] != rows[1]["loss"]
+
+
+def test_masked_truncated_completions_give_no_gradient(tokenizer, tmp_path):
+    """max_completion_length=8 with a model that never stops: every completion is truncated, so with
+    mask_truncated_completions the loss is 0 and no weight gets a gradient."""
+    trainer = make_trainer(tokenizer, tmp_path, mask_truncated_completions=True)
+    metrics: dict = {}
+    batch = trainer._collect(metrics, new_timing())
+    assert all(r.generation.finish_reason == "length" for r in batch), "a completion stopped; the test proves nothing"
+    trainer._train_on(batch, metrics, new_timing())
+    assert trainer.history[-1]["loss"] == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in trainer.model.parameters())
 
 
 def test_gradient_checkpointing_with_lora_trains(tokenizer, tmp_path):

@@ -12,6 +12,7 @@ from conftest import tiny_causal_lm
 from transformers import AutoTokenizer
 
 from rlvr.models import resolve_model
+from rlvr.registry import RegistryError
 from rlvr.train import main, parse_config
 from rlvr.trainers.grpo_config import ConfigError, GRPOConfig
 
@@ -39,22 +40,88 @@ def test_unknown_key_suggests_the_close_one():
         parse_config(["--num_generation", "8"])
 
 
-def test_cli_fails_before_loading_any_model(tmp_path):
-    """The real CLI in a subprocess: exit code 2, the message on stderr, no run directory, and
-    quickly (no model or engine was loaded)."""
+def _run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlvr.train", *args], capture_output=True, text=True, timeout=300, check=False, cwd=cwd
+    )
+
+
+NO_TORCH = (
+    "import sys\n"
+    "from rlvr.train import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_generations", "1"], "GRPOConfig.num_generations: got 1"),
+        (["--trainer", "nope"], "unknown trainer 'nope'; known trainers: grpo"),
+        (["--nonsense_field", "3"], "unknown GRPOConfig field 'nonsense_field'"),
+        (["--resume", "/no/such/run"], "no such directory"),
+    ],
+)
+def test_bad_config_fails_in_a_line_without_importing_torch(tmp_path, argv, message):
+    """The real CLI in a subprocess: exit code 2, one line on stderr, nothing written, and torch never imported."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "rlvr.train", "--num_generations", "1", "--output-dir", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "GRPOConfig.num_generations" in proc.stderr and "at least 2" in proc.stderr
-    assert not (tmp_path / "run").exists()
-    assert "transformers" not in proc.stderr.lower() or "Traceback" not in proc.stderr
-    assert time.perf_counter() - start < 60
+        [sys.executable, "-c", NO_TORCH, *argv, "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout.split() == ["no", "torch", "2"], proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+    assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env", "nope"], "unknown environment 'nope'; known environments:"),
+        (["--env", "jsonl:/missing.jsonl"], "no JSONL file at /missing.jsonl"),
+        (["--model", "/missing"], "no model directory at /missing; give a local directory with config.json"),
+        (["--env_kwargs", "{no_such_option: 1}"], "env_kwargs"),
+        (["--verifier", "nope"], "unknown verifier 'nope'"),
+    ],
+)
+def test_bad_setup_is_one_line_and_writes_nothing(tmp_path, argv, message):
+    proc = _run_cli(*argv, "--progress_bar", "false", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_lists_the_trainers_fields():
+    proc = _run_cli("--trainer", "grpo", "--help")
+    assert proc.returncode == 0
+    assert "GRPOConfig fields" in proc.stdout and "--num_generations (8)" in proc.stdout and "--learning_rate" in proc.stdout
+    assert "Completions per prompt" in proc.stdout  # each field's one-line doc
+
+
+def test_config_file_may_name_the_trainer(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("trainer: grpo\nnum_generations: 4\ngeneration_batch_size: 8\n")
+    config, _ = parse_config(["--config", str(cfg)])
+    assert isinstance(config, GRPOConfig) and config.num_generations == 4
+    cfg.write_text("trainer: nope\n")
+    with pytest.raises(RegistryError, match="unknown trainer 'nope'"):
+        parse_config(["--config", str(cfg)])
+
+
+def test_resume_reads_the_trainer_from_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    config = GRPOConfig(num_generations=4, generation_batch_size=8).to_dict()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 3, "trainer": "grpo", "config": config}))
+    parsed, resume = parse_config(["--resume", str(tmp_path / "run"), "--max_steps", "9"])
+    assert isinstance(parsed, GRPOConfig) and parsed.num_generations == 4 and parsed.max_steps == 9
+    assert resume == str(tmp_path / "run") and parsed.output_dir == str(tmp_path / "run")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 3, "trainer": "other", "config": config}))
+    with pytest.raises(ConfigError, match="is a 'other' run; resume it with --trainer other"):
+        parse_config(["--resume", str(tmp_path / "run"), "--trainer", "grpo"])
 
 
 def test_yaml_config_plus_overrides(tmp_path):
@@ -108,7 +175,10 @@ def test_end_to_end_tiny_model_and_resume(tmp_path):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").iterdir())
     summary = json.loads((out / "eval.json").read_text())
-    assert {"before", "after", "wall_time_s"} <= set(summary) and summary["before"]["n"] == 4
+    assert {"before", "after", "wall_time_s"} <= set(summary) and summary["before"]["tasks"] == 4
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["trainer"] == "grpo" and state["step"] == 1
+    assert json.loads((out / "config.json").read_text())["trainer"] == "grpo"
     # resume from the run directory: the config comes from the checkpoint, max_steps is raised
     assert main(["--resume", str(out), "--max_steps", "3", "--progress_bar", "false"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -52,6 +52,16 @@ class Task:
         """The :class:`Sample` that scores ``completion`` against this task."""
         return Sample(self.prompt, completion, self.reference, self.info)
 
+    def with_system_prompt(self, system_prompt: str | None) -> Task:
+        """This task with ``system_prompt`` as a leading system message, unless it has one already (or none is given).
+
+        Trainers and evaluation apply it once, so the policy and a prompt-aware reward see
+        the same prompt.
+        """
+        if not system_prompt or (self.prompt and self.prompt[0].get("role") == "system"):
+            return self
+        return Task([{"role": "system", "content": system_prompt}, *self.prompt], self.reference, self.info)
+
 
 class Environment(ABC):
     """Tasks for each split, and the reward that grades them."""

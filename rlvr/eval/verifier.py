@@ -1,6 +1,6 @@
-r"""``python -m rlvr.eval``: is a reward right? Measure it on labeled cases.
+r"""``python -m rlvr.eval verifier``: is a reward right? Measure it on labeled cases.
 
-Reward correctness (this module)::
+Reward correctness::
 
     python -m rlvr.eval verifier math --cases cases.jsonl [--compare math-verify] [--json out.json]
 
@@ -20,7 +20,7 @@ gives a tuple). ``--row-kwargs`` applies the ``kwargs`` some case files carry pe
 ever applies when one side is written as a decimal. Other Math-Verify options
 (``strict``, ``allow_set_relation_comp``, ``match_types``) have no equivalent and are ignored.
 
-``python -m rlvr.eval env ...`` (environment pass@k) lives in :mod:`rlvr._eval_env`.
+``python -m rlvr.eval env ...`` (a model's pass@k on an environment) lives in :mod:`rlvr.eval.env`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LabeledCase", "Report", "evaluate_math_verify", "evaluate_reward", "load_cases", "main"]
+__all__ = ["LabeledCase", "Report", "add_parser", "evaluate_math_verify", "evaluate_reward", "load_cases"]
 
 _REF_KEYS = ("reference", "gold", "answer", "solution")
 _COMP_KEYS = ("completion", "pred", "prediction", "response")
@@ -286,9 +286,8 @@ def _verifier_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rlvr.eval", description="Evaluate rewards and environments.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: Any) -> None:
+    """The ``verifier`` subcommand of ``python -m rlvr.eval``."""
     v = sub.add_parser("verifier", help="reward correctness on labeled (reference, completion, expected) rows")
     v.add_argument("name", help="registered verifier name, e.g. math")
     v.add_argument("--cases", required=True, help="JSONL of labeled rows")
@@ -298,24 +297,3 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write the numbers and misclassified rows to this file")
     v.add_argument("--show", type=int, default=20, help="misclassified rows to print per kind (default 20)")
     v.set_defaults(func=_verifier_cmd)
-    sub.add_parser("env", help="environment evaluation (pass@k); see python -m rlvr.eval env --help", add_help=False)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "env":
-        from rlvr._eval_env import main as env_main
-
-        return env_main(argv[1:])
-    args = _build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,484 @@
+"""What every training run needs around its algorithm: processes, seeds, the run directory,
+metrics and loggers, checkpoints, data order, the curves plot.
+
+Plain functions and small classes that a trainer calls explicitly (no base class):
+
+- :class:`Processes` -- rank, world size and the collectives (sum, gather, broadcast,
+  barrier) through ``accelerate``, for one process or N started by ``torchrun`` /
+  ``accelerate launch``. With one process every collective is the identity.
+- :func:`seed_everything`, :class:`DataOrder` (a seeded epoch-by-epoch order whose state is
+  two integers, so a resumed run sees the same data).
+- :func:`choose_run_dir` (one directory for all processes, chosen by process 0),
+  :func:`open_run_dir` (created once, ``config.json`` written), :class:`RunLog`
+  (``metrics.jsonl``, TensorBoard / W&B / MLflow, the progress bar).
+- :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: trainable
+  weights, optimizer, scheduler, every process's RNG state and its own data order.
+- :func:`plot_curves`: reward and accuracy over steps, with the held-out before/after.
+
+Only process 0 writes the run's files; the others wait at barriers where it matters.
+Reading a checkpoint's ``trainer_state.json`` (:func:`read_trainer_state`) imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rlvr.trainers.config import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so reading a checkpoint's state needs none
+    import torch
+
+__all__ = [
+    "DataOrder",
+    "Processes",
+    "RunLog",
+    "choose_run_dir",
+    "find_checkpoint",
+    "load_checkpoint",
+    "open_run_dir",
+    "plot_curves",
+    "read_json",
+    "read_trainer_state",
+    "save_checkpoint",
+    "seed_everything",
+    "truncate_metrics",
+    "write_json",
+]
+
+
+# =======================================================================================
+# Processes
+# =======================================================================================
+
+
+class Processes:
+    """This process's place in the run (one process, or one of N) and the collectives.
+
+    Built on ``accelerate.Accelerator``, which reads the process group that ``torchrun`` or
+    ``accelerate launch`` set up (``cpu=True`` where there is no GPU: that is how accelerate
+    runs several CPU processes, over gloo).
+    """
+
+    def __init__(self) -> None:
+        import torch
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank: int = self.accelerator.process_index
+        self.world_size: int = self.accelerator.num_processes
+        self.is_main: bool = self.accelerator.is_main_process
+        self.device: torch.device = self.accelerator.device
+
+    def broadcast(self, obj: Any) -> Any:
+        """Process 0's value of ``obj`` on every process."""
+        if self.world_size == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every process's list, concatenated in process order (the list itself with one process)."""
+        if self.world_size == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def sum(self, *values: float) -> list[float]:
+        """Sums over the processes (the values themselves with one process)."""
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        import torch
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    def shard(self, n: int) -> list[int]:
+        """This process's indices of ``range(n)``: ``rank, rank + world_size, ...``."""
+        return list(range(self.rank, n, self.world_size))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DataOrder:
+    """Seeded epoch-by-epoch permutation of ``num_items`` indices; its state is two integers."""
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        if num_items == 0:
+            raise ConfigError("the training data is empty; nothing to train on. Check the environment's train split or the data file")
+        self.num_items, self.seed = num_items, seed
+        self.epoch, self.cursor = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items).tolist()
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` indices (a new permutation at each epoch boundary)."""
+        out = []
+        while len(out) < k:
+            if self.cursor == self.num_items:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._perm = self._permutation()
+            out.append(self._perm[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint keeps."""
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state`."""
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self._perm = self._permutation()
+
+
+# =======================================================================================
+# Run directory and metrics
+# =======================================================================================
+
+
+def choose_run_dir(output_dir: str | os.PathLike | None, processes: Processes) -> Path:
+    """``output_dir``, or ``runs/<timestamp>`` picked by process 0 and shared with every process.
+
+    Nothing is created here: a run whose set-up fails leaves nothing behind.
+    """
+    if output_dir:
+        return Path(output_dir)
+    return Path("runs") / processes.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+
+
+def open_run_dir(path: Path, processes: Processes, config: dict[str, Any], trainer: str) -> None:
+    """Create the run directory once (process 0) and write ``config.json``; every process waits for it."""
+    if processes.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "config.json", {"trainer": trainer, **config})
+    processes.barrier()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``, or ``{}`` when there is none."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines after ``step`` (a resumed run rewrites them)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+class RunLog:
+    """``metrics.jsonl`` plus the configured loggers and the progress bar; process 0 writes, the others keep history.
+
+    Args:
+        output_dir: The run directory.
+        processes: Who writes.
+        config: The run's config (``report_to``, ``logging_steps``, ``max_steps``, ``progress_bar``).
+        desc: The progress bar's label.
+        postfix: Metric names shown beside the bar (format ``name=value``).
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        processes: Processes,
+        config: Any,
+        desc: str,
+        postfix: tuple[str, ...] = ("reward_mean", "accuracy", "step_time_s"),
+    ) -> None:
+        self.output_dir, self.processes, self.config = output_dir, processes, config
+        self.desc, self.postfix = desc, postfix
+        self.history: list[dict[str, Any]] = []
+        self._loggers: list[Any] = []
+        self._bar: Any = None
+
+    def open(self, initial_step: int) -> None:
+        """Start the loggers and the progress bar (process 0)."""
+        if not self.processes.is_main:
+            return
+        self._loggers = [make_logger(name, self.output_dir, self.config.to_dict()) for name in self.config.report_to]
+        if self.config.progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.config.max_steps, initial=initial_step, desc=self.desc, unit="step", dynamic_ncols=True)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Record one step's metrics (``metrics.jsonl`` every ``logging_steps`` and at the last step)."""
+        self.history.append(metrics)
+        if not self.processes.is_main:
+            return
+        if step % self.config.logging_steps == 0 or step == self.config.max_steps:
+            with open(self.output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for lg in self._loggers:
+                lg.log(metrics, step)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix({k: f"{metrics[k]:.3g}" for k in self.postfix if isinstance(metrics.get(k), (int, float))})
+
+    def close(self) -> None:
+        """Close the bar and the loggers."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        for lg in self._loggers:
+            lg.close()
+        self._loggers = []
+
+
+class _TensorBoard:
+    def __init__(self, output_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k != "step":
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, output_dir: Path, config: dict[str, Any]) -> None:
+        import wandb
+
+        self.run = wandb.init(dir=str(output_dir), config=config, project=os.environ.get("WANDB_PROJECT", "rlvr"))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.run.log({f"train/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _MLflow:
+    def __init__(self, config: dict[str, Any]) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.start_run()
+        mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def make_logger(name: str, output_dir: Path, config: dict[str, Any]) -> Any:
+    """A ``tensorboard``, ``wandb`` or ``mlflow`` logger with ``log(metrics, step)`` and ``close()``."""
+    try:
+        if name == "tensorboard":
+            return _TensorBoard(output_dir)
+        if name == "wandb":
+            return _WandB(output_dir, config)
+        if name == "mlflow":
+            return _MLflow(config)
+    except ImportError as exc:
+        raise ConfigError(f"report_to={name!r} needs {name}: pip install {name}, or drop it from report_to ({exc})") from exc
+    raise ConfigError(f"report_to: unknown logger {name!r}; use tensorboard, wandb or mlflow")
+
+
+# =======================================================================================
+# Checkpoints
+# =======================================================================================
+
+
+def _rank_file(stem: str, rank: int, ext: str) -> str:
+    """``rng.pt`` for process 0 (what a one-process run writes), ``rng-1.pt`` for process 1, ..."""
+    return f"{stem}.{ext}" if rank == 0 else f"{stem}-{rank}.{ext}"
+
+
+def save_checkpoint(
+    path: Path,
+    processes: Processes,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    data: dict[str, Any],
+) -> Path:
+    """Write a resumable checkpoint atomically (``path.tmp`` then renamed).
+
+    ``model``'s trainable parameters, the optimizer and scheduler, and ``state`` (step,
+    config, trainer name: ``trainer_state.json``) come from process 0; every process adds its
+    own RNG states and ``data`` (its data order). Every process calls this.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    if processes.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    processes.barrier()
+    torch.save(
+        {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        tmp / _rank_file("rng", processes.rank, "pt"),
+    )
+    if processes.rank:
+        (tmp / _rank_file("data", processes.rank, "json")).write_text(json.dumps(data))
+    processes.barrier()
+    if processes.is_main:
+        trainable = {k: v.detach().contiguous().clone() for k, v in model.named_parameters() if v.requires_grad}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        full = {**state, "data": data, "world_size": processes.world_size}
+        (tmp / "trainer_state.json").write_text(json.dumps(full, indent=2, default=str))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    processes.barrier()
+    return path
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a checkpoint, else its latest ``checkpoint-N`` subdirectory."""
+    path = Path(path)
+    if (path / "trainer_state.json").exists():
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: no such directory; pass a run directory or one of its checkpoint-N directories")
+
+    def number(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = [p for p in sorted(path.glob("checkpoint-*"), key=number) if (p / "trainer_state.json").exists()]
+    if not found:
+        raise ConfigError(f"no checkpoint in {path}: pass a checkpoint-N directory or a run directory saved with save_steps > 0")
+    return found[-1]
+
+
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """``trainer_state.json`` of the checkpoint :func:`find_checkpoint` picks."""
+    return json.loads((find_checkpoint(path) / "trainer_state.json").read_text())
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    processes: Processes,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load what :func:`save_checkpoint` wrote into ``model``/``optimizer``/``scheduler`` and the RNGs.
+
+    Returns ``(trainer_state, data)``: the saved state and this process's data order.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = find_checkpoint(path)
+    state = json.loads((path / "trainer_state.json").read_text())
+    saved_world = state.get("world_size", 1)
+    if saved_world != processes.world_size:
+        raise ConfigError(
+            f"checkpoint {path} was written by {saved_world} process(es) and this run has {processes.world_size}; "
+            f"each process's data order and random state are in it, so resume with the same count: torchrun "
+            f"--nproc_per_node {saved_world} (or accelerate launch --num_processes {saved_world})"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in load_file(str(path / "trainable.safetensors")).items():
+            if k not in params:
+                raise ConfigError(
+                    f"checkpoint {path} has parameter {k!r} that this model lacks; resume with the same model and LoRA settings"
+                )
+            params[k].copy_(v)
+    opt = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    rng = torch.load(path / _rank_file("rng", processes.rank, "pt"), weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    data = state["data"] if processes.rank == 0 else json.loads((path / _rank_file("data", processes.rank, "json")).read_text())
+    return state, data
+
+
+# =======================================================================================
+# Curves
+# =======================================================================================
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path, eval_summary: dict[str, Any] | None = None) -> None:
+    """Reward and accuracy over steps (with the held-out accuracy before/after when given) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "reward_mean" in r and "accuracy" in r]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].plot(steps, [r["reward_mean"] for r in rows], label="reward (train batch)", alpha=0.5)
+    ax[0].plot(steps, _smooth([r["reward_mean"] for r in rows]), label="reward, smoothed")
+    ax[0].set_xlabel("step")
+    ax[0].set_title("reward")
+    ax[0].legend()
+    ax[1].plot(steps, [r["accuracy"] for r in rows], label="accuracy (train batch)", alpha=0.5)
+    ax[1].plot(steps, _smooth([r["accuracy"] for r in rows]), label="accuracy, smoothed")
+    if eval_summary and "before" in eval_summary and "after" in eval_summary and steps:
+        ax[1].plot(
+            [0, steps[-1]],
+            [eval_summary["before"]["accuracy"], eval_summary["after"]["accuracy"]],
+            "o--",
+            label="held-out accuracy (greedy)",
+        )
+    ax[1].set_xlabel("step")
+    ax[1].set_ylim(-0.02, 1.02)
+    ax[1].set_title("accuracy")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: list[float], k: int = 5) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - k + 1) : i + 1]
+        out.append(sum(window) / len(window))
+    return out
+
