@@ -195,9 +195,9 @@ def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, l
     assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-6 * float(g1.abs().max())), float((g1 - g2).abs().max())
 
 
-def test_cli_under_torchrun_without_output_dir_writes_one_run_directory(tmp_path, model_dir):
-    """No --output-dir: process 0 picks runs/<timestamp> and every process writes there, checkpoints included."""
-    proc = torchrun(
+def cli_args(model_dir: Path) -> list[str]:
+    """A tiny ``python -m rlvr.train`` run on the arithmetic environment."""
+    return [
         "-m", "rlvr.train",
         "--model", str(model_dir),
         "--generator", "hf",
@@ -205,9 +205,16 @@ def test_cli_under_torchrun_without_output_dir_writes_one_run_directory(tmp_path
         "--generation_batch_size", "8",
         "--max_completion_length", "6",
         "--env_kwargs", "{n_train: 20, n_test: 4}",
+        "--progress_bar", "false",
+    ]  # fmt: skip
+
+
+def test_cli_under_torchrun_without_output_dir_writes_one_run_directory(tmp_path, model_dir):
+    """No --output-dir: process 0 picks runs/<timestamp> and every process writes there, checkpoints included."""
+    proc = torchrun(
+        *cli_args(model_dir),
         "--eval_before", "false",
         "--eval_after", "false",
-        "--progress_bar", "false",
         "--max_steps", "2",
         "--save_steps", "1",
         cwd=tmp_path,
@@ -222,15 +229,8 @@ def test_cli_under_torchrun_without_output_dir_writes_one_run_directory(tmp_path
 def test_cli_under_torchrun_writes_one_run(tmp_path, model_dir):
     out = tmp_path / "run"
     proc = torchrun(
-        "-m", "rlvr.train",
-        "--model", str(model_dir),
-        "--generator", "hf",
-        "--num_generations", "4",
-        "--generation_batch_size", "8",
-        "--max_completion_length", "6",
+        *cli_args(model_dir),
         "--eval_max_tasks", "4",
-        "--env_kwargs", "{n_train: 20, n_test: 4}",
-        "--progress_bar", "false",
         "--max_steps", "1",
         "--output-dir", str(out),
     )  # fmt: skip

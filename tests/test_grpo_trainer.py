@@ -275,3 +275,23 @@ def test_gradient_checkpointing_with_lora_trains(tokenizer, tmp_path):
     after = dict(trainer.model.named_parameters())
     assert before and any(not torch.equal(v, after[k]) for k, v in before.items())
     assert torch.isfinite(torch.tensor(trainer.history[-1]["loss"]))
+
+
+def test_system_prompt_reaches_the_policy_the_reward_and_the_evaluation(tokenizer, tmp_path):
+    """The system prompt is applied once to every task: a prompt-aware reward sees the prompt the policy answered."""
+    seen = []
+
+    def record(sample: Sample) -> float:
+        seen.append(sample.prompt)
+        return 0.0
+
+    trainer = make_trainer(
+        tokenizer, tmp_path, reward=FunctionReward(record, name="record"), system_prompt="Be brief.", max_steps=1,
+        save_final_model=False, eval_after=False,
+    )  # fmt: skip
+    trainer.train()
+    assert len(seen) == 2 + 8  # 2 held-out tasks (greedy), then 8 training completions
+    for prompt in seen:
+        assert prompt[0] == {"role": "system", "content": "Be brief."} and prompt[1]["role"] == "user"
+    # the generator is given the tasks' prompts, which are these
+    assert all(t.prompt[0]["content"] == "Be brief." for t in trainer.train_tasks + trainer.eval_tasks)

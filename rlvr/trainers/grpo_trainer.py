@@ -195,19 +195,9 @@ def aggregate_loss(
 
 # metrics that describe a generation batch, kept on each of its num_iterations steps
 _BATCH_KEYS = (
-    "reward_mean",
-    "reward_std",
-    "accuracy",
-    "completion_len_mean",
-    "frac_truncated",
-    "frac_zero_std_groups",
-    "n_timeout",
-    "n_error",
-    "n_abstain",
-    "n_ok",
-    "num_groups",
-    "dynamic_sampling_rounds",
-)
+    "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
+    "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds",
+)  # fmt: skip
 
 
 class GRPOTrainer:
@@ -486,13 +476,7 @@ class GRPOTrainer:
                 metrics["is_ratio_p95"] = float(torch.quantile(raw, 0.95))
                 metrics["is_frac_capped"] = float((raw > cfg.importance_sampling_cap).float().mean())
         metrics["step"] = self.step
-        gen_s = timing["generation_time_s"]
-        metrics["generation_time_s"] = gen_s
-        metrics["generation_tokens_per_s"] = timing["generated_tokens"] / gen_s if gen_s else 0.0
-        metrics["reward_time_s"] = timing["reward_time_s"]
-        metrics["reward_compute_s"] = timing["reward_compute_s"]
-        metrics["train_time_s"] = timing["train_time_s"]
-        metrics["step_time_s"] = time.perf_counter() - timing["step_start"]
+        metrics.update(rollouts.timing_metrics(timing))
         self.log.log(metrics, self.step)
         if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.max_steps):
             self.save_checkpoint()

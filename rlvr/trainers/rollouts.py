@@ -44,6 +44,7 @@ __all__ = [
     "sampling_seed",
     "score_generations",
     "sync_generator",
+    "timing_metrics",
 ]
 
 
@@ -78,6 +79,19 @@ def new_timing() -> dict[str, float]:
         "reward_time_s": 0.0,
         "reward_compute_s": 0.0,
         "train_time_s": 0.0,
+    }
+
+
+def timing_metrics(timing: dict[str, float]) -> dict[str, float]:
+    """A step's timing metrics from its :func:`new_timing` counters (the step ends now)."""
+    gen_s = timing["generation_time_s"]
+    return {
+        "generation_time_s": gen_s,
+        "generation_tokens_per_s": timing["generated_tokens"] / gen_s if gen_s else 0.0,
+        "reward_time_s": timing["reward_time_s"],
+        "reward_compute_s": timing["reward_compute_s"],
+        "train_time_s": timing["train_time_s"],
+        "step_time_s": time.perf_counter() - timing["step_start"],
     }
 
 

@@ -416,12 +416,15 @@ def load_checkpoint(
             f"--nproc_per_node {saved_world} (or accelerate launch --num_processes {saved_world})"
         )
     params = dict(model.named_parameters())
+    saved = load_file(str(path / "trainable.safetensors"))
+    for k, v in saved.items():  # check everything before changing anything
+        if k not in params or params[k].shape != v.shape:
+            what = "lacks" if k not in params else f"holds with shape {tuple(params[k].shape)}, not {tuple(v.shape)}"
+            raise ConfigError(
+                f"checkpoint {path} has parameter {k!r} that this model {what}; resume with the same model and LoRA settings"
+            )
     with torch.no_grad():
-        for k, v in load_file(str(path / "trainable.safetensors")).items():
-            if k not in params:
-                raise ConfigError(
-                    f"checkpoint {path} has parameter {k!r} that this model lacks; resume with the same model and LoRA settings"
-                )
+        for k, v in saved.items():
             params[k].copy_(v)
     opt = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(opt["optimizer"])
