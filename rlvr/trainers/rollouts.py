@@ -4,9 +4,9 @@ generate completions for prompts, score them, and turn them into tensors.
 - :func:`build_generator` / :func:`sync_generator`: the generator the config asks for
   (vLLM colocated, or ``transformers.generate`` on the live policy) and the in-place weight
   update after an optimizer step (LoRA merged).
-- :func:`sampling_seed`: the seed of one generate call, a function of
-  ``(seed, step, round, rank, chunk)`` only, so a resumed run samples exactly what an
-  uninterrupted one would and no two processes or chunks share a stream.
+- :func:`sampling_seed`: the seed of one step's generation, a function of
+  ``(seed, step, round, rank)`` only, so a resumed run samples exactly what an
+  uninterrupted one would; within a step every completion has its own stream.
 - :func:`generate_and_score`: ``num_generations`` completions per task, scored by the
   reward; with ``chunks > 1`` chunk i is scored in a thread while chunk i+1 is generated
   (same weights, so still on-policy). A reward that raises makes its batch ``ERROR``
@@ -18,9 +18,10 @@ generate completions for prompts, score them, and turn them into tensors.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,17 +58,18 @@ class Rollout:
     outcome: Outcome
 
 
-def sampling_seed(seed: int, step: int, round_: int = 0, rank: int = 0, first_prompt: int = 0) -> int:
-    """The seed of one generate call: a function of its coordinates only, so resume is exact.
+def sampling_seed(seed: int, step: int, round_: int = 0, rank: int = 0) -> int:
+    """The seed of one step's generate calls: a hash of ``(seed, step, round, rank)`` only, so resume is exact.
 
     ``round_`` counts the generation rounds of one step (dynamic sampling) and ``rank`` the
-    process; each gets its own offset. ``first_prompt`` is the index, within the step's
-    prompts, of the call's first prompt (reward-overlap chunks): a generator seeds the
-    call's i-th prompt ``seed + i``, so with a per-prompt seeded generator (vLLM) the
-    prompts sample the same completions however the step is split into chunks.
+    process. A generator gives the j-th completion of the call's i-th prompt the stream
+    ``seed + i * n + j`` (:meth:`~rlvr.generation.VLLMGenerator.generate`), and a
+    reward-overlap chunk starting at prompt ``first`` is called with ``seed + first * n``
+    (:func:`generate_and_score`): every completion of a step has its own stream, whatever the
+    chunking. The value stays below 2**30, leaving room for those offsets.
     """
-    base = (seed * 1_000_003 + step * 1009 + round_ * 7919) % (2**31 - 1)
-    return base + 1_000_003 * rank + first_prompt
+    digest = hashlib.blake2b(f"{seed}/{step}/{round_}/{rank}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x3FFFFFFF
 
 
 def new_timing() -> dict[str, float]:
@@ -106,7 +108,7 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
     ``hf`` generates with the live policy (no weight sync needed); ``vllm`` loads the policy's
     directory (or a temporary copy of a module passed in) and receives the current weights.
     """
-    kind = choose_generator(config.generator, world_size)
+    kind = choose_generator(config.generator)
     if kind == "hf":
         return HFGenerator(policy.model, policy.tokenizer, batch_size=max(config.generation_batch_size, 1))
     path = policy.model_path
@@ -122,6 +124,8 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
         seed=config.seed,
         enforce_eager=config.vllm_enforce_eager,
         kv_cache_gib=config.vllm_kv_cache_gib,
+        sleep_level=config.vllm_sleep_level,
+        world_size=world_size,
     )
     if policy.is_peft or policy.model_path is None:
         gen.load_weights(policy_state_dict(policy))
@@ -165,23 +169,22 @@ def generate_and_score(
     sampling: SamplingConfig,
     chunks: int,
     timing: dict[str, float],
-    seed_of: Callable[[int], int] | None = None,
 ) -> list[Rollout]:
     """``num_generations`` scored completions per task, task-major.
 
     The tasks are generated in ``chunks`` calls; chunk i is scored in a thread while chunk
-    i+1 is generated. ``seed_of(first)`` gives the sampling seed of the chunk whose first
-    task is ``tasks[first]`` (default: ``sampling.seed + first``, see :func:`sampling_seed`).
-    ``timing`` accumulates generation time and tokens, the reward's compute time, and how
-    long the caller waited for rewards.
+    i+1 is generated. The chunk whose first task is ``tasks[first]`` is sampled with seed
+    ``sampling.seed + first * num_generations``, so with a generator that seeds prompt i of a
+    call ``seed + i * n`` (vLLM) each task samples the same completions however the tasks are
+    chunked. ``timing`` accumulates generation time and tokens, the reward's compute time,
+    and how long the caller waited for rewards.
     """
     parts = np.array_split(np.arange(len(tasks)), min(chunks, len(tasks)))
     pending: list[tuple[list[Task], list[Generation], Future]] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         for idx in parts:
             chunk_tasks = [tasks[i] for i in idx]
-            first = int(idx[0])
-            seed = sampling.seed + first if seed_of is None else seed_of(first)
+            seed = sampling.seed + int(idx[0]) * num_generations
             chunk_sampling = SamplingConfig(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, seed)
             start = time.perf_counter()
             gens = generator.generate([t.prompt for t in chunk_tasks], num_generations, chunk_sampling)
