@@ -14,7 +14,7 @@ and exits 1 if any check failed. Checks, in order:
 5. ``close()`` gives back at least 90% of what the engine held, and a second engine builds;
 6. 20 steps of the default GRPO run (arithmetic, SmolLM2-135M-Instruct) with ``generator=vllm``
    and with ``generator=hf``: median step time, generation tokens/s, and the importance-ratio
-   spread (vLLM: p5/p95 within 0.95-1.05);
+   spread (vLLM: the median over steps 2.. of each step's p5 / p95 within 0.95-1.05);
 7. with two or more GPUs, ``torchrun --nproc_per_node 2 -m rlvr.train --generator vllm``.
 
 Designed to finish in under 10 minutes on one GPU.
@@ -57,9 +57,11 @@ def trainer_logprobs(model, gen, device) -> "torch.Tensor":  # noqa: F821 -- tor
 
 
 def max_gap(model, gens, device) -> float:
+    """Mean |log p_vllm - log p_transformers| over every completion token (bf16 kernels differ token by token)."""
     import torch
 
-    return max(float((torch.tensor(g.logprobs) - trainer_logprobs(model, g, device)).abs().max()) for g in gens)
+    gaps = torch.cat([(torch.tensor(g.logprobs) - trainer_logprobs(model, g, device)).abs() for g in gens])
+    return float(gaps.mean())
 
 
 def engine_checks(model_path: str, on_gpu: bool) -> None:
@@ -97,7 +99,7 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
           f"built in {build_s:.1f} s (bf16, in-process); {len(a)} completions, two seeded calls identical")  # fmt: skip
     model_a = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
     gap = max_gap(model_a, a, device)
-    check("log-probs vs transformers", gap < 0.1, f"max |vllm - transformers| = {gap:.4f} nats (bf16 tolerance 0.1)")
+    check("log-probs vs transformers", gap < 0.05, f"mean |vllm - transformers| = {gap:.4f} nats per token (bf16 tolerance 0.05)")
 
     # 3. weight sync: the engine follows the new weights
     model_b = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
@@ -109,7 +111,7 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
     sync_s = time.perf_counter() - start
     after = gen.generate(prompts, n=4, sampling=sampling)
     new_gap, old_gap = max_gap(model_b, after, device), max_gap(model_a, after, device)
-    check("weight sync", new_gap < 0.1 and old_gap > 3 * new_gap,
+    check("weight sync", new_gap < 0.05 and old_gap > 5 * new_gap,
           f"{sync_s:.2f} s; gap to NEW weights {new_gap:.4f}, to old {old_gap:.4f}")  # fmt: skip
 
     # 4. sleep and wake
@@ -120,7 +122,7 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
         gen.load_weights(model_a)  # wakes the weights, syncs, wakes the KV cache
         again = gen.generate(prompts, n=4, sampling=sampling)
         gap = max_gap(model_a, again, device)
-        check("sleep / wake", free_asleep > free_awake and gap < 0.1,
+        check("sleep / wake", free_asleep > free_awake and gap < 0.05,
               f"sleep freed {(free_asleep - free_awake) / 2**30:.2f} GiB; after wake + sync + generate, gap {gap:.4f}")  # fmt: skip
     else:
         report("SKIP", "sleep / wake", "vLLM has no sleep mode on CPU")
@@ -158,8 +160,9 @@ def grpo_run(generator: str, steps: int, out: Path) -> dict:
         "wall_s": wall,
         "median_step_s": statistics.median(r["step_time_s"] for r in rows),
         "tokens_per_s": statistics.median(r["generation_tokens_per_s"] for r in rows),
-        "is_p5": min(r.get("is_ratio_p5", 1.0) for r in rows[1:] or rows),
-        "is_p95": max(r.get("is_ratio_p95", 1.0) for r in rows[1:] or rows),
+        # the median over the steps after the first (step 1 samples from the untouched checkpoint)
+        "is_p5": statistics.median(r.get("is_ratio_p5", 1.0) for r in rows[1:] or rows),
+        "is_p95": statistics.median(r.get("is_ratio_p95", 1.0) for r in rows[1:] or rows),
         "reward_first_last": (rows[0]["reward_mean"], rows[-1]["reward_mean"]),
     }
 
