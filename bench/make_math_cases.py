@@ -15,6 +15,11 @@ real golds from MATH-500 and GSM8K; completions are model-style text ending in
   reciprocal, a truncated decimal (0.333 for 1/3), 1/2^99 for 1/2^98, a tuple in the
   wrong order, an interval with the wrong bracket, one list element missing, a hedge
   ``\boxed{a} or \boxed{b}``;
+- hand-labeled rows (``STRUCTURED``, then ``OTHER_GRADERS``: the answer forms other graders'
+  test suites use -- mixed numbers without braces, clock times, products by juxtaposition,
+  infinity in words, an option with its text, solutions separated by words, tiny
+  differences, an exact box then its approximation), both verdicts for each; new rows are
+  appended at the end so that the earlier rows stay byte for byte;
 - completion styles: a plain boxed answer, a self-correction (the LAST box counts), a
   ``<think>`` block. Every completion has a box: the set measures equivalence, not the
   extraction protocol (unboxed answers are covered by the unit tests).
@@ -180,6 +185,40 @@ STRUCTURED = [
     ("The sum is less than zero.", [("a_1 + a_2 + a_3 < 0", True, "sign sentence as an inequality"), ("a_1 + a_2 + a_3 > 0", False, "opposite sign"), ("a_1 + a_2 + a_3 \\le 0", False, "non-strict")]),
 ]
 
+# The answer forms other graders' test suites use (mixed numbers without braces, clock
+# times, products by juxtaposition, infinity in words, an option with its text, solutions
+# separated by words, tiny differences, an exact box then its approximation), hand-labeled
+# like STRUCTURED. A pred holding "\\boxed" is the whole completion, as written.
+OTHER_GRADERS = [
+    ("3.25", [("3\\frac14", True, "mixed number without braces"), ("3\\frac15", False, "mixed number, other fraction"), ("\\frac{13}{4}", True, "improper fraction")]),
+    ("\\frac{43}{8}", [("5\\frac38", True, "mixed number without braces"), ("5\\frac{3}{8}", True, "mixed number with braces"), ("\\frac{15}{8}", False, "mixed number read as a product (5 * 3/8)")]),
+    ("3\\frac14", [("3.25", True, "mixed number reference, decimal answer"), ("\\frac34", False, "the product reading")]),
+    ("7\\frac{1}{2}", [("7\\frac12", True, "braced and brace-less mixed number"), ("\\frac{7}{2}", False, "the product reading")]),
+    ("14:05", [("14:05:00", True, "clock time with seconds"), ("2:05 PM", True, "12-hour clock"), ("02:05 \\text{p.m.}", True, "12-hour clock, p.m. in text"), ("14:06", False, "one minute off"), ("2:05 AM", False, "morning, not afternoon"), ("2:05", False, "unmarked 2:05 is the morning")]),
+    ("12:30 AM", [("0:30", True, "just after midnight"), ("12:30", False, "12:30 is just after noon")]),
+    ("3^4 5^2 7", [("3^4\\cdot5^2\\cdot 7", True, "product with cdot"), ("3^4 * 5^2 * 7", True, "product with *"), ("14175", True, "product evaluated"), ("3^4 5^2 11", False, "other factor"), ("3^4 + 5^2 + 7", False, "sum, not product")]),
+    ("2^3 3^2", [("72", True, "product by juxtaposition evaluated"), ("2^3 \\times 3^3", False, "other exponent")]),
+    ("(-\\infty, 2]", [("(-infinity, 2]", True, "infinity spelled out"), ("(-inf, 2]", True, "inf"), ("(-inf, 2)", False, "wrong bracket with inf"), ("(-infinity, 3]", False, "other endpoint with infinity")]),
+    ("12:00 PM", [("12:00", True, "noon on a 24-hour clock"), ("0:00", False, "midnight is not noon")]),
+    ("(-\\infty, -1) \\cup (1, \\infty)", [("(-oo, -1) \\cup (1, oo)", True, "union with oo"), ("(-oo, -1] \\cup [1, oo)", False, "union with oo, closed ends")]),
+    ("[3, \\infty)", [("[3, oo)", True, "oo for infinity"), ("x \\ge 3", True, "inequality"), ("(3, oo)", False, "open end with oo")]),
+    ("(C) Boston", [("C", True, "choice letter for an option with text"), ("(C)", True, "choice letter in parentheses"), ("\\text{(C)}", True, "choice letter in text"), ("\\text{Boston}", True, "the option's text"), ("D", False, "other letter"), ("\\text{(C) Chicago}", False, "same letter, other text")]),
+    ("\\textbf{(B)} $\\frac{1}{2}$", [("B", True, "choice letter for an option with a value"), ("0.5", True, "the option's value"), ("\\text{(A)}", False, "other letter")]),
+    ("x=1,y=3;x=2,y=5", [("x = 1, y = 3 \\quad \\text{and} \\quad x = 2, y = 5", True, "solutions separated by words"), ("x = 1, y = 5 \\quad \\text{and} \\quad x = 2, y = 3", False, "solutions regrouped"), ("y = 3, x = 1 \\text{ or } y = 5, x = 2", True, "solutions, variables in another order")]),
+    ("(1,3),(2,5)", [("x = 1, y = 3 \\text{ and } x = 2, y = 5", True, "named solutions vs tuples"), ("x = 3, y = 1 \\text{ and } x = 5, y = 2", False, "named solutions, tuple order swapped"), ("x = 1, y = 3 \\text{ and } x = 2", False, "one solution incomplete")]),
+    ("x = 1, y = 2", [("y = 2, x = 1", True, "assignments reordered"), ("y = 1, x = 2", False, "values swapped between names")]),
+    ("[1, 2]", [("[3^{1/3^{500}}, 2]", False, "endpoint differs by 3e-239"), ("[1, 2]", True, "identical interval")]),
+    ("(1, 2)", [("(3^{1/3^{500}}, 2)", False, "tuple entry differs by 3e-239"), ("(3^{0}, 2)", True, "tuple entry equal exactly")]),
+    ("\\pi", [("\\arctan 1 + \\arctan 2 + \\arctan 3", True, "identity beyond 50 digits"), ("\\pi + 10^{-60}", False, "differs by 1e-60")]),
+    ("\\sqrt{3}", [
+        ("So $x = \\boxed{\\sqrt{3}} \\approx \\boxed{1.732}$.", True, "exact box then its approximation"),
+        ("So $x = \\boxed{2} \\approx \\boxed{1.732}$.", False, "wrong exact box then an approximation"),
+        ("So $x = \\boxed{\\sqrt{3}}$. Numerically, it is $\\boxed{1.7}$.", False, "other text between boxes: the last box decides"),
+    ]),
+    ("2\\sqrt{2}", [("$\\boxed{\\sqrt{8}} \\approx \\boxed{2.83}$", True, "exact box, then its approximation"), ("$\\boxed{\\sqrt{6}} \\approx \\boxed{2.45}$", False, "other exact box")]),
+    ("\\frac{2}{\\sqrt{m}}", [("2m^{-1/2}", True, "equal for every m"), ("\\sqrt{2/m}", False, "equal for no m")]),
+]
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -204,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     for gold, preds in STRUCTURED:
         for pred, expected, kind in preds:
             rows.append({"reference": gold, "completion": completion(rng, pred), "expected": expected, "kind": kind, "source": "MATH-500-style, hand-labeled"})
+    for gold, preds in OTHER_GRADERS:
+        for pred, expected, kind in preds:
+            text = pred if "\\boxed" in pred else completion(rng, pred)
+            rows.append({"reference": gold, "completion": text, "expected": expected, "kind": kind, "source": "other graders' answer forms, hand-labeled"})
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

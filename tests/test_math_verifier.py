@@ -245,6 +245,92 @@ WORDS_AS_MATH = [
     ("The product is non-negative.", B(r"abc \geq 0"), True),
 ]
 
+# Answer forms that other graders' test suites use: one block per rule, both verdicts
+OTHER_GRADERS_FORMS = [
+    # mixed numbers without braces (a one-digit LaTeX argument needs none)
+    ("3.25", B(r"3\frac14"), True),
+    ("5.375", B(r"5\frac38"), True),
+    (r"\frac{13}{4}", B(r"3\frac14"), True),
+    (r"3\frac14", B(r"\frac{13}{4}"), True),
+    (r"-3\frac14", B("-3.25"), True),
+    (r"\frac{17}{4}", B(r"1 + 3\frac14"), True),  # a mixed number as a term
+    (r"3\frac14", B(r"\frac34"), False),  # read as a product until now: 3 * 1/4
+    ("3.25", B(r"3\frac15"), False),
+    (r"\frac{3}{4}", B(r"3\frac14"), False),
+    ("9", B(r"3\frac{12}{4}"), True),  # an improper fraction makes no mixed number: 3 * 3
+    (r"\frac{2\pi}{3}", B(r"2\frac{1}{3}\pi"), True),  # something multiplied after it: a product
+    # clock times
+    ("14:05", B("14:05:00"), True),
+    ("14:05", B("2:05 PM"), True),
+    ("14:05", B(r"02:05 \text{p.m.}"), True),
+    ("12:30 AM", B("0:30"), True),
+    ("14:05", B("14:06"), False),
+    ("14:05", B("2:05 AM"), False),
+    ("14:05", B("2:05"), False),  # without PM, 2:05 is the morning
+    ("14:05", B("14:05:30"), False),
+    ("12:00 PM", B("0:00"), False),
+    ("14:00", B("2:00 PM"), True),  # "14:00" cannot be a ratio (x:00): a time
+    ("12:00", B("12:00 AM"), False),
+    ("5:8", B(r"\frac{5}{8}"), True),  # a bare a:b is still a ratio
+    # products written by juxtaposition
+    ("3^4 5^2 7", B(r"3^4\cdot5^2\cdot 7"), True),
+    ("3^4 5^2 7", B("3^4 * 5^2 * 7"), True),
+    ("3^4 5^2 7", B("14175"), True),
+    (r"3^4\cdot5^2\cdot 7", B("3^4 5^2 7"), True),
+    ("3^4 5^2 7", B("3^4 5^2 11"), False),
+    ("3^4 5^2 7", B("3^4 5^3 7"), False),
+    ("3^4 5^2 7", B("3^4 + 5^2 + 7"), False),
+    ("17", B("11 6/6"), False),  # two plain numbers side by side stay no product
+    # infinity spelled out, plain-text intervals
+    (r"(-\infty, 2]", B("(-infinity, 2]"), True),
+    (r"(-\infty, 2]", B("(-inf, 2]"), True),
+    (r"[3, \infty)", B("[3, oo)"), True),
+    (r"x \ge 3", B("[3, Infinity)"), True),
+    (r"(-\infty, 2]", B("(-inf, 2)"), False),
+    (r"(-\infty, 2]", B("(inf, 2]"), False),
+    (r"[3, \infty)", B("[3, 100)"), False),
+    (r"\inf S", B(r"\infty"), False),  # \inf is an infimum
+    # a multiple-choice letter against an option with its text
+    ("(C) Boston", B("C"), True),
+    ("(C) Boston", B("(C)"), True),
+    ("(C) Boston", B(r"\text{(C)}"), True),
+    ("(C) Boston", B(r"\text{Boston}"), True),
+    ("C", B(r"\text{(C) Boston}"), True),
+    (r"(B) \frac{1}{2}", B("0.5"), True),
+    ("(C) Boston", B("D"), False),
+    ("(C) Boston", B(r"\textbf{(D)}"), False),
+    ("(C) Boston", B(r"\text{(C) Chicago}"), False),
+    ("(C) Boston", B(r"\text{Chicago}"), False),
+    ("C", B(r"\text{(D) Boston}"), False),
+    ("(A) and (C)", B("A"), False),  # two letters are not one option
+    # several solutions separated by words
+    ("x=1,y=3;x=2,y=5", B(r"x = 1, y = 3 \quad \text{and} \quad x = 2, y = 5"), True),
+    ("(1,3),(2,5)", B(r"x = 1, y = 3 \quad \text{and} \quad x = 2, y = 5"), True),
+    ("(2,5),(1,3)", B(r"x = 1, y = 3 \text{ or } x = 2, y = 5"), True),
+    ("x=1,y=3;x=2,y=5", B(r"y = 3, x = 1 \text{ and } y = 5, x = 2"), True),  # matched by name
+    ("x=1,y=3;x=2,y=5", B(r"x = 1, y = 5 \quad \text{and} \quad x = 2, y = 3"), False),
+    ("(1,3),(2,5)", B(r"x = 3, y = 1 \text{ and } x = 5, y = 2"), False),
+    ("(1,3),(2,5)", B(r"x = 1, y = 3 \text{ and } x = 2"), False),  # one solution incomplete
+    ("x=1, y=3, x=2, y=5", B("x=1, y=5, x=2, y=3"), False),  # values regrouped: other solutions
+    ("(x, y) = (1, 2)", B("(y, x) = (2, 1)"), True),  # declared tuples compare by name
+    ("(x, y) = (1, 2)", B("(y, x) = (1, 2)"), False),
+    ("x = 1, y = 2", B("y = 1, x = 2"), False),
+    # a tiny difference stays a difference, in interval endpoints and tuple entries too
+    ("[1, 2]", B(r"[3^{1/3^{500}}, 2]"), False),
+    ("(1, 2)", B(r"(3^{1/3^{500}}, 2)"), False),
+    ("1", B(r"3^{1/3^{500}}"), False),
+    (r"3^{1/3^{500}}", B(r"3^{3^{-500}}"), True),
+    (r"[\tan^2 1 + 1, 3]", B(r"[\sec^2 1, 3]"), True),  # an identity no precision separates
+    (r"\pi", B(r"\arctan 1 + \arctan 2 + \arctan 3"), True),
+    # two boxes, exact then approximate: the exact box is the answer
+    (r"\sqrt{3}", r"So $x = \boxed{\sqrt{3}} \approx \boxed{1.732}$.", True),
+    ("1.732", r"So $x = \boxed{\sqrt{3}} \approx \boxed{1.732}$.", True),  # the reference is a rounding of it
+    (r"\frac{22}{7}", r"$\boxed{\frac{22}{7}}$, which is approximately $\boxed{3.14}$.", True),
+    (r"\sqrt{2}", r"So $x = \boxed{\sqrt{3}} \approx \boxed{1.732}$.", False),
+    (r"\sqrt{3}", r"So $x = \boxed{2} \approx \boxed{1.732}$.", False),
+    (r"\sqrt{3}", r"So $x = \boxed{\sqrt{3}}$. Numerically, it is $\boxed{1.732}$.", False),  # other text: the last box
+]
+
 EXTRACTION = [
     # the LAST box is the answer: a self-correction counts ...
     ("3", r"So $\boxed{2}$. Wait, I made an error; redoing it gives $\boxed{3}$.", True),
@@ -262,7 +348,7 @@ EXTRACTION = [
 
 @pytest.mark.parametrize(
     "reference,completion,expected",
-    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + NEW_FAMILIES + STATED_PRECISION + WORDS_AS_MATH + EXTRACTION,
+    NUMBERS + PERCENT_UNITS_TEXT + EXPRESSIONS + EQUATIONS + STRUCTURES + MORE_FORMS + NEW_FAMILIES + STATED_PRECISION + WORDS_AS_MATH + OTHER_GRADERS_FORMS + EXTRACTION,
 )
 def test_equivalence_table(verifier, reference, completion, expected):
     [out] = verifier.score([Sample("", completion, reference=reference)])
@@ -313,6 +399,56 @@ def test_later_statements_win_over_earlier_ones_in_fallback_extraction():
     assert [o.score for o in v.score([Sample("", c, reference=r) for r, c, _ in rows])] == [e for _, _, e in rows]
     # without the final_answer fallback the box stays the answer
     assert extract_answer(boxed_step) == ("255", "boxed")
+
+
+# Final answers stated without a box, under the explicit fallbacks: which fallback finds which
+UNBOXED = [
+    # final_answer: "Final Answer: X", also in Markdown bold and with the answer on the next line
+    ("final_answer", "42", "Final Answer: **42**", True),
+    ("final_answer", "42", "**Final Answer:** 42", True),
+    ("final_answer", "42", "**Final Answer**\n\n42", True),
+    ("final_answer", "42", "Final Answer: **24**", False),
+    ("final_answer", "0.5", "**Final Answer:**\n$\\frac12$", True),
+    ("final_answer", "3", "Let me check my final answer\nIt took 3 steps.", False),  # prose, not a heading
+    # answer_is: "the answer is X", and the same lead-in in other languages
+    ("answer_is", "C", "So the answer is C", True),
+    ("answer_is", "C", "So the answer is D", False),
+    ("answer_is", r"\text{(C)}", "Hence the answer is **(C)**.", True),
+    ("answer_is", "7", "Thus, the answer is $7$", True),
+    ("answer_is", "7", "Thus, the answer is $17$", False),
+    ("answer_is", "7", "所以答案是 $7$。", True),
+    ("answer_is", "7", "所以答案为 8。", False),
+    ("answer_is", "7", "Also ist die Antwort: $7$.", True),
+    ("answer_is", r"\frac{3}{4}", r"Donc la réponse est $\frac{3}{4}$.", True),
+    ("answer_is", "7", "Por lo tanto, la respuesta es 8.", False),
+    ("answer_is", "12", "Ответ: 12", True),
+    ("answer_is", "5", "따라서 정답은 5입니다", True),
+]
+
+
+@pytest.mark.parametrize("fallback,reference,completion,expected", UNBOXED)
+def test_unboxed_final_answers_need_their_fallback(fallback, reference, completion, expected):
+    [out] = MathVerifier(fallbacks=(fallback,), isolate=False).score([Sample("", completion, reference=reference)])
+    assert out.score == float(expected), out.reason
+    [default] = MathVerifier(isolate=False).score([Sample("", completion, reference=reference)])
+    assert default.score == 0.0 and default.reason == "no \\boxed{} answer"  # never by default
+
+
+def test_assume_positive_is_an_explicit_option():
+    rows = [
+        (r"\frac{2}{\sqrt{m}}", r"\sqrt{4/m}", 0.0, 1.0),  # equal only when m > 0
+        ("x", r"\sqrt{x^2}", 0.0, 1.0),
+        (r"\frac{2}{\sqrt{m}}", r"2m^{-1/2}", 1.0, 1.0),  # equal for every m
+        (r"\frac{2}{\sqrt{m}}", r"\sqrt{2/m}", 0.0, 0.0),  # equal for no m
+        ("x", r"-\sqrt{x^2}", 0.0, 0.0),
+    ]
+    samples = [Sample("", B(p), reference=g) for g, p, _, _ in rows]
+    assert [o.score for o in MathVerifier(isolate=False).score(samples)] == [d for _, _, d, _ in rows]
+    positive = MathVerifier(assume_positive=True, max_workers=1)  # the option reaches the sympy worker
+    try:
+        assert [o.score for o in positive.score(samples)] == [p for _, _, _, p in rows]
+    finally:
+        positive.close()
 
 
 def test_rel_tol_is_an_explicit_option():

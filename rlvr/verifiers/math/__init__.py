@@ -17,7 +17,9 @@ How a pair is decided, cheapest first:
    list ``1, 2``); a box, then other text, then another box means the later box replaces
    the earlier one. So a self-correction ("\boxed{2}. Wait, no: \boxed{3}") counts, and a
    hedge ("\boxed{2} or \boxed{3}") is the answer "2 or 3" -- right only when the
-   reference lists both values, wrong for a reference of 3. Without a box, the
+   reference lists both values, wrong for a reference of 3. An exact box followed by its
+   approximation (``\boxed{\sqrt{3}} \approx \boxed{1.732}``) is one answer whose exact
+   part decides, as in a single box written that way. Without a box, the
    ``fallbacks`` given are tried in order (``"final_answer"``, ``"answer_is"``,
    ``"gsm8k"`` for ``#### n``, ``"last_latex"``, ``"whole"``, ``"last_number"``); none
    by default. No answer -> ``OK`` with score 0.0 and reason ``"no \boxed{} answer"``.
@@ -26,7 +28,7 @@ How a pair is decided, cheapest first:
    notation, thousands separators, ``$``, ``%``) are compared EXACTLY as rationals.
 3. **sympy** (in worker processes killed at ``timeout_s``): expressions, radicals,
    ``\pi``, ``e``, logs, trig, equations, sets, tuples, intervals and inequalities,
-   matrices, ``\sum``/``\prod`` and sums or products written with an ellipsis, piecewise
+   times of day, multiple-choice options with their text, several solutions, matrices, ``\sum``/``\prod`` and sums or products written with an ellipsis, piecewise
    ``\begin{cases}`` answers (compared case by case); see :mod:`rlvr.verifiers.math.latex`
    for the parser and why it is hand-written.
 4. **Words** (after the mathematical comparison said no): "infinitely many" is
@@ -61,14 +63,15 @@ The package, lowest layer first (a module imports only modules listed above it):
 - :mod:`~rlvr.verifiers.math.plain_numbers` -- ``parse_number``, ``Number``,
   ``stated_precision``: plain numbers read exactly, decimal-precision rules;
 - :mod:`~rlvr.verifiers.math.text` -- ``phrase_match``, ``quantities_match``,
-  ``residues_equal``, ``sign_statement_match``: answers written in words;
+  ``residues_equal``, ``sign_statement_match``, ``choice_option``: answers written in words;
 - :mod:`~rlvr.verifiers.math.extraction` -- ``extract_answer``, ``extract_reference``,
   ``FALLBACKS``: the answer in a completion, the gold answer in a reference;
 - :mod:`~rlvr.verifiers.math.latex` -- ``latex_to_sympy``, ``tokenize``, ``TooLarge``,
   ``ParseError``: the LaTeX -> sympy parser with its size guards (sympy from here on);
 - :mod:`~rlvr.verifiers.math.numeric` -- 50-digit evaluation at test points, relative closeness;
-- :mod:`~rlvr.verifiers.math.forms` -- ``parse_answer``, ``Node``: answer forms (lists,
-  tuples, sets, intervals, inequalities, equations, assignments, matrices, text);
+- :mod:`~rlvr.verifiers.math.forms` -- ``parse_answer``, ``Node``, ``clock_time``: answer
+  forms (lists, tuples, sets, intervals, inequalities, equations, assignments, matrices,
+  times of day, text);
 - :mod:`~rlvr.verifiers.math.equivalence` -- ``check``, ``Options``, ``nodes_equal``: the
   equivalence check run in the worker processes;
 - this ``__init__`` -- :class:`MathVerifier`. It imports the string half eagerly and the
@@ -100,12 +103,12 @@ __all__ = ["MathVerifier"]
 _LAZY = {
     **dict.fromkeys(["repair_escapes", "split_top_level", "strip_approx"], "normalization"),
     **dict.fromkeys(["MAX_EXPONENT"], "plain_numbers"),
-    **dict.fromkeys(["phrase_match", "quantities_match", "residue_classes", "residues_equal", "sign_statement_match"], "text"),
+    **dict.fromkeys(["choice_option", "phrase_match", "quantities_match", "residue_classes", "residues_equal", "sign_statement_match"], "text"),
     **dict.fromkeys(
         ["MAX_DEPTH", "MAX_DIGITS", "MAX_FACTORIAL", "ParseError", "TooLarge", "guarded_factorial", "guarded_pow", "latex_to_sympy", "tokenize"],
         "latex",
     ),
-    **dict.fromkeys(["Node", "parse_answer"], "forms"),
+    **dict.fromkeys(["Node", "clock_time", "parse_answer"], "forms"),
     **dict.fromkeys(["Options", "check", "declared_params", "nodes_equal", "scalar_equal"], "equivalence"),
 }
 
@@ -173,15 +176,16 @@ class _SympyCheck:
 
     name = "math"
 
-    def __init__(self, rel_tol: float | None, gold_precision: bool, phrase_match: bool = True) -> None:
+    def __init__(self, rel_tol: float | None, gold_precision: bool, phrase_match: bool = True, assume_positive: bool = False) -> None:
         self.rel_tol = rel_tol
         self.gold_precision = gold_precision
         self.phrase_match = phrase_match
+        self.assume_positive = assume_positive
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
         from rlvr.verifiers.math.equivalence import Options, check
 
-        opts = Options(rel_tol=self.rel_tol, gold_precision=self.gold_precision, phrases=self.phrase_match)
+        opts = Options(rel_tol=self.rel_tol, gold_precision=self.gold_precision, phrases=self.phrase_match, positive=self.assume_positive)
         out = []
         for s in samples:
             ok, how = check(s.reference, s.completion, opts)
@@ -212,6 +216,10 @@ class MathVerifier:
             sentence's subject or predicate ("Petya" for "Petya will receive the last
             token."; conservative rules in :func:`rlvr.verifiers.math.text.phrase_match`).
             ``False``: text must match as a whole.
+        assume_positive: Take every symbol to be a positive real, as in a problem whose
+            variable is a positive integer: ``\\sqrt{4/m}`` equals ``\\frac{2}{\\sqrt{m}}``
+            and ``\\sqrt{x^2}`` equals ``x``. ``False`` (the default): an identity must also
+            hold at negative values, so both pairs differ.
         cheap_in_process: Decide string/number pairs in the caller's process (fast); set
             False to send every pair to the workers.
         isolate: Run the sympy stage in worker processes (the default). ``False`` runs it
@@ -226,6 +234,7 @@ class MathVerifier:
         rel_tol: float | None = None,
         gold_precision: bool = True,
         phrase_match: bool = True,
+        assume_positive: bool = False,
         timeout_s: float = 2.0,
         max_workers: int | None = None,
         memory_mb: int | None = 1024,
@@ -245,6 +254,7 @@ class MathVerifier:
         self.rel_tol = rel_tol
         self.gold_precision = gold_precision
         self.phrase_match = phrase_match
+        self.assume_positive = assume_positive
         self.timeout_s = float(timeout_s)
         self.max_workers = max_workers or max(1, min(4, os.cpu_count() or 1))
         self.memory_mb = memory_mb
@@ -272,7 +282,7 @@ class MathVerifier:
         with self._lock:
             if self._pool is None:
                 self._pool = isolated(
-                    _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match),
+                    _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match, self.assume_positive),
                     timeout_s=self.timeout_s,
                     max_workers=self.max_workers,
                     memory_mb=self.memory_mb,
@@ -339,7 +349,7 @@ class MathVerifier:
             if self.isolate:
                 outs = self._get_pool().score(work)
             else:
-                outs = _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match).score(work)
+                outs = _SympyCheck(self.rel_tol, self.gold_precision, self.phrase_match, self.assume_positive).score(work)
             for (i, spent, gold, pred, _how), out in zip(pending, outs):
                 elapsed = spent + out.elapsed_s
                 if out.status is Status.OK:

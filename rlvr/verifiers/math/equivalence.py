@@ -33,13 +33,14 @@ from rlvr.verifiers.math.forms import (
     _relation,
     _split_relations,
     _to_set,
+    clock_time,
     parse_answer,
 )
 from rlvr.verifiers.math.latex import ParseError, TooLarge, _symbol, latex_to_sympy
 from rlvr.verifiers.math.normalization import compact, normalize
-from rlvr.verifiers.math.numeric import _evalf, _num_close, _test_point
+from rlvr.verifiers.math.numeric import _certainly_different, _evalf, _num_close, _test_point
 from rlvr.verifiers.math.plain_numbers import stated_precision
-from rlvr.verifiers.math.text import phrase_match, quantities_match, residues_equal, sign_statement_match
+from rlvr.verifiers.math.text import choice_option, phrase_match, quantities_match, residues_equal, sign_statement_match
 
 # ----------------------------------------------------------------------------------------
 # Equivalence
@@ -56,6 +57,7 @@ class Options:
     gold_precision: bool = True
     phrases: bool = True
     params: frozenset = frozenset()
+    positive: bool = False  # every symbol is a positive real (``MathVerifier(assume_positive=True)``)
 
 
 def scalar_equal(g: Node, p: Node, opts: Options) -> tuple[bool, str]:
@@ -112,6 +114,8 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
         if a is None or b is None:
             return False, "not comparable numerically"
         if _num_close(a, b):
+            if _certainly_different(gv, pv):
+                return False, "values differ beyond 50 digits"
             return True, "numeric (50 digits)"
         if opts.rel_tol and (g.decimals or p.decimals) and _num_close(a, b, sympy.Float(opts.rel_tol, 30)):
             return True, f"numeric within rel_tol={opts.rel_tol:g}"
@@ -137,7 +141,7 @@ def _value_equal(gv: sympy.Expr, pv: sympy.Expr, g: Node, p: Node, opts: Options
         return True, "symbolic"
     same = 0
     for k in range(3):
-        subs = _test_point(sorted(syms, key=lambda z: z.name), k, gv, pv)
+        subs = _test_point(sorted(syms, key=lambda z: z.name), k, gv, pv, positive=opts.positive)
         a, b = _evalf(gv, subs), _evalf(pv, subs)
         if a is None and b is None:
             continue
@@ -262,6 +266,15 @@ def _func_arg(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _tuple_names(name: str) -> list[str] | None:
+    """``(x, y)`` -> ``["x", "y"]``: the variables a tuple answer declares, or None."""
+    m = re.fullmatch(r"\s*\(((?:\s*[A-Za-z](?:_\{?\w+\}?)?\s*,)+\s*[A-Za-z](?:_\{?\w+\}?)?\s*)\)\s*", name or "")
+    if not m:
+        return None
+    names = [compact(x) for x in m.group(1).split(",")]
+    return names if len(set(names)) == len(names) else None
+
+
 def _unwrap(node: Node) -> Node:
     while node.kind == "assign":
         node = node.items[0]
@@ -278,6 +291,10 @@ def nodes_equal(g: Node, p: Node, opts: Options, depth: int = 0) -> tuple[bool, 
     if g.kind == "assign" and p.kind == "assign":
         gv, pv = _unwrap(g), _unwrap(p)
         ga, pa = _func_arg(g.name), _func_arg(p.name)
+        gn, pn = _tuple_names(g.name), _tuple_names(p.name)
+        if gn and pn and gn != pn and sorted(gn) == sorted(pn) and pv.kind == "seq" and len(pv.items) == len(pn):
+            # (x, y) = (1, 2) and (y, x) = (2, 1) state the same values; (y, x) = (1, 2) does not
+            pv = Node("seq", items=[pv.items[pn.index(n)] for n in gn], brackets=pv.brackets, text="")
         if ga and pa and ga != pa and pv.kind == "expr" and gv.kind == "expr":
             # f(z) = z and f(x) = x define the same function
             swap = {_symbol(pa): _symbol(ga), _symbol(ga): _symbol(pa)}
@@ -287,6 +304,11 @@ def nodes_equal(g: Node, p: Node, opts: Options, depth: int = 0) -> tuple[bool, 
         return nodes_equal(_unwrap(g), p, opts, depth + 1)
     if p.kind == "assign" and g.kind != "eq":
         return nodes_equal(g, _unwrap(p), opts, depth + 1)
+    if g.kind == "time" or p.kind == "time":
+        # a time marked as one (AM/PM, seconds) against a time, or a bare 24-hour H:MM
+        gt = g.value if g.kind == "time" else clock_time(g.text, plain=True)
+        pt = p.value if p.kind == "time" else clock_time(p.text, plain=True)
+        return gt is not None and gt == pt, "time of day"
     if g.kind == "chain" and p.kind == "seq" and not p.brackets and len(set(g.name.split())) == 1 and g.name.split()[0] in ("<", ">"):
         # "b < a < d < c" answered as the ordered list "b, a, d, c"
         if len(g.items) != len(p.items):
@@ -340,7 +362,9 @@ def nodes_equal(g: Node, p: Node, opts: Options, depth: int = 0) -> tuple[bool, 
         if g.kind == "seq" and p.kind == "seq" and g.brackets in ("", "{}") and p.brackets in ("", "{}"):
             ordered = False
         ordered = ordered or vector
-        if ordered:
+        named = _by_name(gi, pi_)
+        if ordered or named is not pi_:
+            pi_ = named
             for a, b in zip(gi, pi_):
                 if not nodes_equal(a, b, opts, depth + 1)[0]:
                     return False, "tuple entries differ"
@@ -355,6 +379,19 @@ def nodes_equal(g: Node, p: Node, opts: Options, depth: int = 0) -> tuple[bool, 
                 return False, "sets differ"
         return True, "set (unordered)"
     return scalar_equal(g, p, opts)
+
+
+def _by_name(gi: list[Node], pi_: list[Node]) -> list[Node]:
+    """Entries that both sides name (``x = 1, y = 3`` and ``y = 3, x = 1``; ``x = 1, y = 2``
+    is not ``y = 1, x = 2``) are matched by name, in a tuple or a list alike. Returns ``pi_``
+    itself (match as before: by position, or as a set) when either side has an unnamed
+    entry or the names differ."""
+    if len(gi) < 2 or not all(n.kind == "assign" for n in gi + pi_):
+        return pi_
+    gn, pn = [compact(n.name) for n in gi], [compact(n.name) for n in pi_]
+    if len(set(gn)) != len(gn) or set(gn) != set(pn):
+        return pi_
+    return [pi_[pn.index(n)] for n in gn]
 
 
 def _dedupe(items: list[Node], opts: Options, depth: int) -> list[Node]:
@@ -566,11 +603,32 @@ def _check_cases(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None
     return True, f"piecewise, equal at {len(points)} values of {param}"
 
 
+def _check_choice(gold: str, pred: str, opts: Options) -> tuple[bool, str] | None:
+    """A multiple-choice option with its text (``(C) Boston``) on either side: the letter
+    decides against a letter (``C``, ``(C)``, ``\\text{(C)}``; another letter is wrong);
+    two options with text must agree on both letter and text; against an answer that is
+    no letter, the option's text is compared (``Boston``). None: no option with text."""
+    g, p = choice_option(normalize(gold)[0]), choice_option(normalize(pred)[0])
+    if not ((g and g[1]) or (p and p[1])):
+        return None
+    if g and p:
+        if g[0] != p[0]:
+            return False, f"choice ({p[0]}) vs ({g[0]})"
+        if g[1] and p[1] and not _check_nodes(g[1], p[1], opts)[0]:
+            return False, f"choice ({g[0]}) with another option text"
+        return True, f"choice ({g[0]})"
+    ok, how = _check_nodes(g[1], pred, opts) if g else _check_nodes(gold, p[1], opts)  # type: ignore[index]
+    return ok, f"the option's text ({how})"
+
+
 def check(gold: str, pred: str, opts: Options) -> tuple[bool, str]:
     """Compare an extracted prediction with an extracted reference, with sympy."""
     declared = declared_params(gold) | declared_params(pred)
     if declared:
         opts = replace(opts, params=opts.params | declared)
+    got = _check_choice(gold, pred, opts)
+    if got is not None:
+        return got
     if "\\begin{cases}" in gold or "\\begin{cases}" in pred:
         try:
             got = _check_cases(gold, pred, opts)

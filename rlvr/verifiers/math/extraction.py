@@ -91,10 +91,21 @@ _AND_JOINER_RE = re.compile(
 )
 
 
+# An exact box and then its approximation, joined only by an approximation sign
+# ("\boxed{\sqrt{3}} \approx \boxed{1.732}", "\boxed{\frac{22}{7}}, which is approximately
+# \boxed{3.14}"): one answer "A \approx B", read like a single box written that way -- the
+# exact part A is the answer (normalization.strip_approx).
+_APPROX_JOINER_RE = re.compile(
+    r"^(?:\s|[,$]|\\[()\[\]])*(?:\\approx|≈|\\simeq|(?:which is\s+|that is\s+)?(?:approximately|approx\.?|about|roughly))(?:\s|[$:]|\\[()\[\]])*$"
+)
+
+
 def _last_box_answer(text: str) -> str | None:
     boxes = _boxes(text)
     if not boxes:
         return None
+    if len(boxes) > 1 and len(text) - boxes[-2][1] < 10_000 and _APPROX_JOINER_RE.match(text[boxes[-2][1] : boxes[-1][0]]):
+        return f"{boxes[-2][2]} \\approx {boxes[-1][2]}"
     group = [boxes[-1]]
     for prev in reversed(boxes[:-1]):
         between = text[prev[1] : group[0][0]]
@@ -111,7 +122,18 @@ def _last_box_answer(text: str) -> str | None:
 
 _FINAL_RE = re.compile(r"final answer(?: is|:)\s*(?:the final answer is)?\s*:?\s*(.+?)(?:\.\s*I hope it is correct|\n|$)", re.IGNORECASE)
 _FINAL_RE2 = re.compile(r"[Tt]he final answer is\s*:?\s*(.+?)(?:\.\s*I hope it is correct|\n|$)")
-_ANSWER_IS_RE = re.compile(r"(?:the |my )?answer is\s*:?\s*(.+?)(?:\n|$)", re.IGNORECASE)
+# a "Final Answer" heading on a line of its own ("**Final Answer**", "## Final Answer:"), the
+# answer on the next non-empty line
+_FINAL_RE3 = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?\*{0,2}[ \t]*final answer[ \t]*:?[ \t]*\*{0,2}[ \t]*:?[ \t]*\n+\s*(\S.*?)(?:\n|$)", re.IGNORECASE)
+# "the answer is X" and its lead-ins in other languages (Chinese, Japanese, Korean, German,
+# French, Spanish, Portuguese, Italian, Russian): "答案是 7", "Die Antwort ist 7",
+# "La réponse est 7", "Ответ: 7"
+_ANSWER_IS_RE = re.compile(
+    r"(?:(?:the |my )?answer is|答案\s*(?:是|为|為|[:：])|答え\s*(?:は|[:：])|(?:정답|답)\s*(?:은|는|[:：])|(?:die )?antwort (?:ist|lautet)|antwort\s*:"
+    r"|(?:la )?réponse (?:est|finale est)|réponse\s*:|(?:la )?respuesta (?:es|final es)|respuesta\s*:|(?:a )?resposta (?:é|final é)|resposta\s*:"
+    r"|(?:la )?risposta (?:è|finale è)|risposta\s*:|ответ\s*(?:[:—–-]|равен|будет))\s*:?\s*(.+?)(?:\n|$)",
+    re.IGNORECASE,
+)
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
 _LATEX_ENV_RE = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\\$|[^$\n])+?)(?<!\\)\$", re.DOTALL)
 _NUMBER_TOKEN = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:\s*/\s*\d+)?|-?\.\d+"
@@ -145,7 +167,10 @@ def _answer_in_sentence(inner: str) -> str | None:
 def _sentence_answer(s: str) -> str:
     s = s.strip()
     s = re.sub(r"\s*I hope it is correct.*$", "", s, flags=re.DOTALL)
-    s = s.strip().rstrip(".").strip()
+    s = s.strip().rstrip(".。").strip()
+    # Markdown emphasis or code around the answer: "**42**", "** 42", "`42`", "__42__"
+    s = re.sub(r"^(?:\*\*|__|`)\s*(.*?)\s*(?:\*\*|__|`)?$", r"\1", s, flags=re.DOTALL).strip().rstrip(".。").strip()
+    s = re.sub(r"\s*(?:입니다|이다|です|である)$", "", s)
     # a quoted answer: "The final answer is \"$12$ and $13$\""
     m = re.fullmatch(r'(?:\\?"|“)(.+?)(?:\\?"|”)', s, flags=re.DOTALL)
     return m.group(1).strip() if m else s
@@ -154,8 +179,12 @@ def _sentence_answer(s: str) -> str:
 def _fallback(kind: str, text: str) -> str | None:
     if kind == "final_answer":
         ms = list(_FINAL_RE.finditer(text)) or list(_FINAL_RE2.finditer(text))
-        if ms:
-            return _answer_in_sentence(_sentence_answer(ms[-1].group(1)))
+        # the latest statement that holds an answer ("**Final Answer:**" leaves only "**"
+        # on its line; the heading form then finds the answer on the next line)
+        for m in sorted(ms + list(_FINAL_RE3.finditer(text)), key=lambda m: m.end(), reverse=True):
+            got = _answer_in_sentence(_sentence_answer(m.group(1)))
+            if got is not None and got.strip():
+                return got
         return None
     if kind == "answer_is":
         ms = list(_ANSWER_IS_RE.finditer(text))
@@ -222,7 +251,11 @@ def extract_answer(completion: str, fallbacks: tuple[str, ...] = ()) -> tuple[st
     (``\\boxed{1}, \\boxed{2}`` is the list ``1, 2``). A box followed by more text and then
     another box is replaced by the later one, so a self-correction counts and a hedge
     ``\\boxed{2} or \\boxed{3}`` is the two-element answer ``2 or 3`` (right only if the
-    reference lists both). Without a box, ``fallbacks`` are tried in order.
+    reference lists both); an exact box joined to the last one by an approximation sign
+    (``\\boxed{\\sqrt{3}} \\approx \\boxed{1.732}``) gives the one answer
+    ``\\sqrt{3} \\approx 1.732``, whose exact part decides. Without a box, ``fallbacks``
+    are tried in order; they strip Markdown emphasis (``**42**``), and ``answer_is``
+    knows the lead-in in several languages (``答案是``, ``Die Antwort ist``, ``Ответ:``).
 
     Returns ``(answer or None, how it was found)``.
     """

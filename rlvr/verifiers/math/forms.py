@@ -4,7 +4,7 @@
 percent, degrees and decimals as written), a list or tuple, a set (``\\{...\\}``,
 set-builder, intervals, unions and differences, inequalities solved to a set), an
 ordering chain, an equation, an assignment (``x = 5``, ``Paolo: 18``), a ratio ``a:b``,
-``\\pm`` alternatives, or text.
+a time of day (``2:05 PM``, ``14:05:00``), ``\\pm`` alternatives, or text.
 
 Imports: sympy, :mod:`.normalization`, :mod:`.plain_numbers`, :mod:`.latex` and
 :mod:`.numeric`; nothing above it in :mod:`rlvr.verifiers.math`.
@@ -36,8 +36,9 @@ class Node:
     ``kind`` is one of ``expr`` (``value`` a sympy expression), ``text`` (``value`` a
     normalised string), ``seq`` (``items``; ``brackets`` the enclosing pair, ``""`` for a
     bare list, ``"{}"`` for a set), ``set`` (``value`` a sympy set: interval, union,
-    inequality solution), ``eq`` (``value`` is ``lhs - rhs`` of a real equation) or
-    ``assign`` (``name`` = ``items[0]``; ``x = 5`` is the value 5).
+    inequality solution), ``eq`` (``value`` is ``lhs - rhs`` of a real equation),
+    ``assign`` (``name`` = ``items[0]``; ``x = 5`` is the value 5) or ``time`` (``value``
+    seconds after midnight, :func:`clock_time`).
     """
 
     kind: str
@@ -172,6 +173,63 @@ def _expand_pm(items: list[str]) -> list[str]:
     return out
 
 
+_CLOCK_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s*([ap])\.?\s*m\.?)?$", re.IGNORECASE)
+
+
+def clock_time(s: str, plain: bool = False) -> int | None:
+    """A time of day as seconds after midnight, or None.
+
+    ``14:05``, ``14:05:00``, ``2:05 PM``, ``02:05 p.m.`` (``12:xx AM`` is just after
+    midnight, ``12:xx PM`` just after noon). Minutes and seconds take two digits and stay
+    below 60; an hour with AM/PM is 1-12, without it 0-23. Unless ``plain``, the text must
+    SAY it is a time -- AM/PM or seconds -- since a bare ``14:05`` may as well be a ratio
+    (``5:8``); a bare ``H:MM`` is read as a 24-hour time only against an answer that is
+    marked as one. ``2:05`` is never ``14:05``: without PM it is the morning."""
+    m = _CLOCK_RE.match(s.strip())
+    if not m:
+        return None
+    hour, minute, second, half = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0), (m.group(4) or "").lower()
+    if not (plain or half or m.group(3)) or minute > 59 or second > 59:
+        return None
+    if half:
+        if not 1 <= hour <= 12:
+            return None
+        hour = hour % 12 + (12 if half == "p" else 0)
+    elif hour > 23:
+        return None
+    return hour * 3600 + minute * 60 + second
+
+
+_ASSIGNED_NAME_RE = re.compile(r"^([A-Za-z](?:_\{?\w+\}?)?)\s*=(?!=)([^=<>]+)$")
+
+
+def _solution_groups(items: list[str]) -> list[list[str]] | None:
+    """Several solutions written as one flat list of assignments, separated by commas or
+    words: ``x = 1, y = 3 \\text{ and } x = 2, y = 5`` -> ``[[x=1, y=3], [x=2, y=5]]``.
+
+    A new solution starts where a variable comes back; every solution must assign the same
+    two or more variables, each once (their order may vary: each group is put in the first
+    group's order). ``x = 1, x = 2`` (one variable) stays a list of values, and a list
+    where a variable is missing from one solution (``x = 1, y = 3, x = 2``) is no grouping.
+    The tuples compare in order with ``(1, 3), (2, 5)``: the variables are declared by the
+    order the answer writes them in."""
+    if len(items) < 4:
+        return None
+    groups: list[dict[str, str]] = [{}]
+    for it in items:
+        m = _ASSIGNED_NAME_RE.match(it.strip())
+        if not m:
+            return None
+        name = m.group(1).replace("{", "").replace("}", "")
+        if name in groups[-1]:
+            groups.append({})
+        groups[-1][name] = it.strip()
+    names = list(groups[0])
+    if len(groups) < 2 or len(names) < 2 or any(set(g) != set(names) for g in groups):
+        return None
+    return [[g[n] for n in names] for g in groups]
+
+
 def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
     if not s:
         raise ParseError("empty answer")
@@ -181,6 +239,9 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
         inner = parse_answer(s, depth + 1)
         inner.percent = True
         return inner
+    seconds = clock_time(s)
+    if seconds is not None:
+        return Node("time", seconds, text=s)
     if ";" in s:
         # "p=5, q=2; p=7, q=2": solutions separated by ";", each a list of assignments -> tuples
         groups = split_top_level(s, (";",))
@@ -189,6 +250,10 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
             tuples = [Node("seq", items=[parse_answer(x, depth + 1) for x in ps], brackets="()", text=x) for ps, x in zip(parts, groups)]
             return Node("seq", items=tuples, brackets="", text=s)
     items = split_top_level(s)
+    grouped = _solution_groups(items)
+    if grouped is not None:
+        tuples = [Node("seq", items=[parse_answer(x, depth + 1) for x in g], brackets="()", text=", ".join(g)) for g in grouped]
+        return Node("seq", items=tuples, brackets="", text=s)
     if len(items) > 1 and any("\\pm" in x or "\\mp" in x for x in items):
         items = _expand_pm(items)
     if len(items) > 1:
@@ -248,6 +313,9 @@ def _parse_normalized(s: str, percent: bool, depth: int) -> Node:
     try:
         return _expr_node(s)
     except (ParseError, TooLarge):
+        seconds = clock_time(s, plain=True)
+        if seconds is not None:  # "12:00" is no ratio (a zero second term): a time of day
+            return Node("time", seconds, text=s)
         if re.search(r"[A-Za-z]{2,}", s) and not s.startswith("\\"):
             return Node("text", compact(s).lower(), text=s)
         raise

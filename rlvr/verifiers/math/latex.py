@@ -293,7 +293,9 @@ class _Parser:
 
     def term(self) -> sympy.Expr:
         i0 = self.i
-        left = self.factor()
+        left = self.mixed_number()
+        if left is None:
+            left = self.factor()
         spans = [(i0, self.i, left, "*")]
         ellipsis_at = None
         while True:
@@ -335,12 +337,52 @@ class _Parser:
             elif tok in ("^", "!", "_", "'"):
                 raise ParseError(f"misplaced {tok!r}")
             else:  # implicit multiplication: 2x, 2\sqrt{3}, (a+1)(b+2)
-                if re.fullmatch(r"[\d.]+", self.t[self.i - 1]) and re.fullmatch(r"[\d.]+", tok):
+                if re.fullmatch(r"[\d.]+", self.t[self.i - 1]) and re.fullmatch(r"[\d.]+", tok) and not self.power_beside():
                     raise ParseError("two numbers side by side")  # "11 6/6" is no product
                 j0 = self.i
                 v = self.factor()
                 left = left * v
                 spans.append((j0, self.i, v, "*"))
+
+    def power_beside(self) -> bool:
+        """Two numbers side by side are a product only when one of them is a power:
+        ``3^4 5^2 7`` (a factorisation written by juxtaposition) is 3^4 * 5^2 * 7, while
+        ``11 6/6`` or ``2 3`` stay errors. The tokenizer keeps ``3^45`` as one exponent
+        token, so a number token right after a one-token exponent was set apart by a space."""
+        return (self.i >= 2 and self.t[self.i - 2] in ("^", "**")) or self.peek(1) in ("^", "**")
+
+    def mixed_number(self) -> sympy.Expr | None:
+        """``3\\frac14`` / ``3\\frac{1}{4}`` as a whole term -- an integer, then a proper
+        fraction of two integer literals, then the end of the term -- is the mixed number
+        3 1/4 (as :func:`.plain_numbers.parse_number` reads a whole answer). Anything
+        multiplied after it (``2\\frac{1}{3}\\pi``), an improper fraction (``3\\frac{12}{4}``)
+        or a non-literal argument (``2\\frac{\\sqrt3}{2}``) keeps the product reading."""
+        whole = self.peek()
+        if self.peek(1) != "\\frac" or whole is None or not whole.isdigit():
+            return None
+        start, saved = self.i, self.t
+        self.t = list(self.t)  # arg() may split "14" into "1", "4"
+        self.i += 2
+        try:
+            parts = []
+            for _ in range(2):
+                if self.peek() == "{" and str(self.peek(1)).isdigit() and self.peek(2) == "}":
+                    parts.append(int(self.t[self.i + 1]))
+                    self.i += 3
+                elif str(self.peek()).isdigit():
+                    parts.append(int(self.take()[0]))
+                    if len(self.t[self.i - 1]) > 1:
+                        self.t.insert(self.i, self.t[self.i - 1][1:])
+                        self.t[self.i - 1] = self.t[self.i - 1][0]
+                else:
+                    raise ParseError("not a mixed number")
+            num, den = parts
+            if not 0 < num < den or not (self.peek() is None or self.peek() in self._STOP):
+                raise ParseError("not a mixed number")
+        except ParseError:
+            self.i, self.t = start, saved
+            return None
+        return Integer(int(whole)) + Rational(num, den)
 
     def factor(self) -> sympy.Expr:
         tok = self.peek()

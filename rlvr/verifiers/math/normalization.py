@@ -80,13 +80,20 @@ def _strip_trailing_punct(s: str) -> str:
     return s
 
 
+# Infinity spelled out in plain text: ``(-infinity, 2]``, ``(-inf, 2]``, ``[3, oo)`` (sympy's
+# spelling), ``x \to Infinity``. Only as a whole token between brackets, commas, signs or
+# spaces: ``\inf`` (an infimum), ``info``, ``book`` or ``Oo`` are not infinity.
+_INFINITY_WORD_RE = re.compile(r"(?<![^\s(\[,+\-=])(?:[Ii]nfinity|[Ii]nf|infty|oo)(?![^\s)\],])")
+
+
 def normalize(s: str) -> tuple[str, bool]:
     """Strip LaTeX noise from an extracted answer. Returns ``(text, is_percent)``.
 
     Drops ``$``, ``\\left``/``\\right``, spacing commands, ``\\displaystyle``, degree marks,
     ``\\text{}`` wrappers (keeping their words), trailing units and punctuation; turns
     ``\\dfrac``/``\\tfrac``/``\\cfrac`` into ``\\frac`` and LaTeX thousands separators
-    (``12,\\!000``, ``14{,}916``) into plain digits. A trailing percent sign
+    (``12,\\!000``, ``14{,}916``) into plain digits, and infinity spelled out in plain
+    text (``(-inf, 2]``, ``[3, oo)``) into ``\\infty``. A trailing percent sign
     (``\\%``, ``%``, "percent", "pct") is removed and reported.
     """
     s = repair_escapes(s)
@@ -107,6 +114,8 @@ def normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\geqslant|\\geq(?![a-zA-Z])", r"\\ge", s)
     s = re.sub(r"\\leqslant|\\leq(?![a-zA-Z])", r"\\le", s)
     s = re.sub(r"\\neq(?![a-zA-Z])", r"\\ne", s)
+    if "nf" in s or "oo" in s:
+        s = _INFINITY_WORD_RE.sub(r"\\infty ", s)
     s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
     s = s.replace("\\displaystyle", "").replace("\\mathrm{e}", "e")
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\s*\.?", "", s)

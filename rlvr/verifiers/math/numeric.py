@@ -5,7 +5,9 @@ trees, a difference that sympy reduces to 0) and otherwise by evaluating both si
 significant digits -- at the expression itself when it has no free symbols, at three fixed
 pseudo-random points when it has -- and comparing RELATIVELY (``|a - b| <= 1e-30 *
 max(|a|, |b|)``). A tiny value is therefore never "equal to zero": ``1/2^99`` differs from
-``1/2^98`` by a relative 0.5.
+``1/2^98`` by a relative 0.5; and when two constants agree to 50 digits, their difference
+is evaluated once more with error-bounded adaptive precision (:func:`_certainly_different`),
+so ``3^{1/3^{500}}`` (1 + 3e-239) is not ``1`` either.
 
 Sums and products with symbolic bounds are evaluated by giving the symbols in their bounds
 small integers (3 to 5) and fixed values to the terms ``a(j)`` of unknown sequences, then
@@ -40,12 +42,15 @@ def _bound_symbols(e: sympy.Expr) -> set:
     return out - dummies
 
 
-def _test_point(syms: list, k: int, *exprs: sympy.Expr) -> dict:
-    """The k-th test point for ``syms``: fixed awkward rationals, except that a symbol used
-    as the bound of a sum or product (in either expression) gets a small integer, 3 to 5,
-    so that ``1 + 2 + \\cdots + n`` and ``n(n+1)/2`` are compared at the same ``n``."""
+def _test_point(syms: list, k: int, *exprs: sympy.Expr, positive: bool = False) -> dict:
+    """The k-th test point for ``syms``: fixed awkward rationals, one of them negative (so
+    ``\\sqrt{x^2}`` is not ``x``), except that a symbol used as the bound of a sum or
+    product (in either expression) gets a small integer, 3 to 5, so that
+    ``1 + 2 + \\cdots + n`` and ``n(n+1)/2`` are compared at the same ``n``. ``positive``:
+    every value is positive (the symbols are declared positive)."""
     bounds = set().union(*(_bound_symbols(e) for e in exprs))
-    return {s: Integer(3 + (k + j) % 3) if s in bounds else _POINTS[(k + j) % len(_POINTS)] + j for j, s in enumerate(syms)}
+    points = [abs(p) for p in _POINTS] if positive else _POINTS
+    return {s: Integer(3 + (k + j) % 3) if s in bounds else points[(k + j) % len(points)] + j for j, s in enumerate(syms)}
 
 
 def _sequence_value(f: sympy.Expr) -> sympy.Expr:
@@ -102,6 +107,22 @@ def _num_close(a: sympy.Expr, b: sympy.Expr, tol: sympy.Expr = _REL_EQ) -> bool 
     if scale == 0:
         return True
     return bool(diff <= tol * scale)
+
+
+def _certainly_different(a: sympy.Expr, b: sympy.Expr) -> bool:
+    """Do two constant expressions whose 50-digit values agree still differ?
+
+    The difference ``a - b`` is evaluated with sympy's adaptive, error-bounded evalf
+    (``strict=True``, working precision up to about 1000 digits): a difference it can
+    certify as nonzero is real, however tiny -- ``3^{1/3^{500}}`` is not ``1`` (they differ
+    by about 3e-239), just as ``1/2^99`` is not ``1/2^98``. An identity that no precision
+    separates (``\\tan^2 1 + 1`` and ``\\sec^2 1``) raises ``PrecisionExhausted`` and stays
+    equal; so does anything that cannot be evaluated at all."""
+    try:
+        d = (a - b).evalf(15, maxn=1000, strict=True)
+    except (sympy.core.evalf.PrecisionExhausted, TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, RecursionError):
+        return False
+    return bool(d.is_number and d != 0 and not d.has(sympy.nan, sympy.zoo))
 
 
 def _identity(a: sympy.Expr, b: sympy.Expr) -> bool:

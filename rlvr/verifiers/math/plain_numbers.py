@@ -75,7 +75,10 @@ _INT = r"(?:[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d{0,2}(?: \d{3})+|\d+)"
 _DEC_RE = re.compile(r"^([+-])?\s*(" + _INT + r")?(?:\.(\d+))?(?:\s*(?:e|E|\\times\s*10\s*\^|\*\s*10\s*\*\*|×\s*10\s*\^)\s*\{?\s*\(?([+-]?\d+)\)?\s*\}?)?$")
 _COMMA_DEC_RE = re.compile(r"^([+-])?\s*(\d+),(\d+)$")
 _FRAC_RE = re.compile(r"^([+-])?\s*(?:\\frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\frac\s*(\d)(\d)|\\frac\s*(\d)\s*\{\s*(\d+)\s*\}|(\d+)\s*/\s*(\d+))$")
-_MIXED_RE = re.compile(r"^([+-])?\s*(\d+)[ ]+(?:(\d+)/(\d+)|\\frac\s*\{(\d+)\}\s*\{(\d+)\})$|^([+-])?\s*(\d+)\\frac\s*\{(\d+)\}\s*\{(\d+)\}$")
+# a mixed number: ``4 4/9``, ``4\frac{4}{9}``, and the brace-less ``3\frac14``, ``3\frac1{4}``,
+# ``3\frac{1}4`` (a one-digit argument needs no braces in LaTeX)
+_FRAC_ARGS = r"\\frac\s*(?:\{(\d+)\}|(\d))\s*(?:\{(\d+)\}|(\d))"
+_MIXED_RE = re.compile(r"^([+-])?\s*(\d+)[ ]+(?:(\d+)/(\d+)|" + _FRAC_ARGS + r")$|^([+-])?\s*(\d+)\s*" + _FRAC_ARGS + r"$")
 
 
 def parse_number(s: str) -> Number | None:
@@ -84,7 +87,7 @@ def parse_number(s: str) -> Number | None:
     Integers, decimals (``.4``, ``1,000.99``, ``1 000``), a comma as decimal mark when it
     cannot be a thousands separator (``1000,99``, ``0,111``), scientific notation
     (``1.5e3``, ``1.5\\times10^{3}``), fractions (``3/4``, ``\\frac{3}{4}``, ``\\frac34``)
-    and mixed numbers (``4 4/9``, ``4\\frac{4}{9}``; a mixed number's fraction must be
+    and mixed numbers (``4 4/9``, ``4\\frac{4}{9}``, ``3\\frac14``; a mixed number's fraction must be
     proper, so ``11 6/6`` is not a number). Exponents beyond ±1000 are refused.
     """
     s = s.strip()
@@ -122,11 +125,10 @@ def parse_number(s: str) -> Number | None:
     if m:
         g = m.groups()
         if g[1] is not None:
-            sign, whole = g[0], g[1]
-            p, q = (g[2], g[3]) if g[2] is not None else (g[4], g[5])
+            sign, whole, rest = g[0], g[1], g[2:8]
         else:
-            sign, whole, p, q = g[6], g[7], g[8], g[9]
-        p, q = int(p), int(q)
+            sign, whole, rest = g[8], g[9], (None, None) + g[10:14]
+        p, q = [int(x) for x in rest if x is not None]
         if q == 0 or p >= q:
             return None
         val = int(whole) + Fraction(p, q)

@@ -3,7 +3,8 @@
 A short phrase stated as a one-clause sentence's subject or predicate
 (:func:`phrase_match`), residue classes in any of their forms (:func:`residue_classes`,
 :func:`residues_equal`), a sentence's quantities listed clause by clause
-(:func:`quantities_match`) and a sentence stating a sign (:func:`sign_statement_match`).
+(:func:`quantities_match`), a sentence stating a sign (:func:`sign_statement_match`) and a
+multiple-choice letter with or without its option's text (:func:`choice_option`).
 All conservative by construction; the equivalence check tries them only after the
 mathematical comparison said no.
 
@@ -18,7 +19,7 @@ from math import gcd
 
 from rlvr.verifiers.math.normalization import repair_escapes
 
-__all__ = ["phrase_match", "quantities_match", "residue_classes", "residues_equal", "sign_statement_match"]
+__all__ = ["choice_option", "phrase_match", "quantities_match", "residue_classes", "residues_equal", "sign_statement_match"]
 
 # ----------------------------------------------------------------------------------------
 # Text answers: a short phrase inside a one-clause sentence
@@ -278,3 +279,35 @@ def sign_statement_match(reference: str, answer: str) -> bool:
     if not r or re.search(r"[<>]|\\[lg]e|≤|≥", r.group("lhs")):
         return False
     return _REL_NAMES.get(r.group("op"), r.group("op")) == _SIGN_WORDS[m.group(1)]
+
+
+# ----------------------------------------------------------------------------------------
+# Multiple choice: a letter, or a letter with its option's text
+# ----------------------------------------------------------------------------------------
+
+_CHOICE_LETTER_RE = re.compile(r"^(?:(?:option|choice)\s*)?\(?\s*([A-H])\s*\)?$", re.IGNORECASE)
+_CHOICE_OPTION_RE = re.compile(r"^(?:\(\s*([A-H])\s*\)|([A-H])\)|([A-H])\.(?=\s))\s*(.+)$")
+
+
+def choice_option(s: str) -> tuple[str, str | None] | None:
+    """A multiple-choice answer as ``(letter, option text or None)``, or None.
+
+    ``C``, ``(C)``, ``C)``, ``option C`` are the letter alone; ``(C) Boston``, ``C) Boston``,
+    ``C. Boston`` are the letter with its option's text. Letters are the capitals A-H (a
+    lower-case ``c`` is a variable). Not an option: text that names more letters
+    (``(A) and (C)``, ``(A) (C)``) or opens with a joining word or punctuation. Takes a
+    normalised answer (``\\text{(C)}`` arrives as ``(C)``)."""
+    s = s.strip()
+    m = _CHOICE_LETTER_RE.match(s)
+    if m:
+        if not (m.group(1).isupper() and (s[0] in "(" or len(s) <= 2 or s[0].isalpha())):
+            return None
+        return m.group(1), None
+    m = _CHOICE_OPTION_RE.match(s)
+    if not m:
+        return None
+    letter = next(x for x in m.groups()[:3] if x)
+    text = m.group(4).strip()
+    if not text or re.search(r"\(\s*[A-H]\s*\)|\b[A-H]\)", text) or re.match(r"(?:and|or)\b|[,;&=+*/^_]|-(?!\s*\d)", text):
+        return None
+    return letter, text
