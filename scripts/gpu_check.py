@@ -111,7 +111,8 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
     sync_s = time.perf_counter() - start
     after = gen.generate(prompts, n=4, sampling=sampling)
     new_gap, old_gap = max_gap(model_b, after, device), max_gap(model_a, after, device)
-    check("weight sync", new_gap < 0.05 and old_gap > 5 * new_gap,
+    # the perturbed weights give flatter distributions, where bf16 kernels differ a little more: 0.1
+    check("weight sync", new_gap < 0.1 and old_gap > 10 * new_gap,
           f"{sync_s:.2f} s; gap to NEW weights {new_gap:.4f}, to old {old_gap:.4f}")  # fmt: skip
 
     # 4. sleep and wake
