@@ -231,7 +231,7 @@ class GRPOTrainer:
         self.config = cfg = config
         # One process, or one of N started by `torchrun` / `accelerate launch` (data parallel: each
         # process generates and scores its own prompts, gradients are averaged). GRPOConfig has
-        # already checked the batch and the generator against WORLD_SIZE.
+        # already checked that the batch splits into whole groups over WORLD_SIZE.
         self.processes = run.Processes()
         self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
         run.seed_everything(cfg.seed)
