@@ -1,9 +1,10 @@
-"""``python -m rlvr`` / ``rlvr``: list what is registered, score a completion.
+"""``python -m rlvr`` / ``rlvr``: list what is registered, score a completion, serve a reward.
 
     rlvr list
     rlvr verify math --reference '\\frac12' --completion 'so \\boxed{0.5}'
     rlvr verify code --reference-json '{"style": "assert", "tests": ["assert f(1) == 2"]}' \\
         --completion 'def f(x): return x + 1'
+    rlvr serve --reward math --port 8000 --workers 2
 """
 
 from __future__ import annotations
@@ -72,6 +73,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rlvr.integrations.server import serve
+
+    return serve(
+        args.reward,
+        dict(args.option),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        memory_mb=args.memory_mb,
+        max_batch=args.max_batch,
+        max_body_mb=args.max_body_mb,
+        failure_score=args.failure_score,
+        isolate=args.isolate,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rlvr`` command line."""
     parser = argparse.ArgumentParser(prog="rlvr", description="rlvr: reinforcement learning with verifiable rewards")
@@ -88,6 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE", help="a verifier option (VALUE parsed as JSON when it is JSON)")
     p.add_argument("--json", action="store_true", help="print the Outcome as JSON")
     p.set_defaults(fn=_cmd_verify)
+    p = sub.add_parser(
+        "serve",
+        help="serve a reward over HTTP: rlvr's /v1/score (RemoteReward), OpenRLHF's /get_reward, /health",
+        description="Serve a reward over HTTP. Needs FastAPI and uvicorn: pip install 'rlvr[serve]'.",
+    )
+    p.add_argument("--reward", required=True, help="a verifier name (see `rlvr list`) or module:attr")
+    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE", help="a verifier option (VALUE parsed as JSON when it is JSON)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--workers", type=int, default=2, help="worker processes per concurrent batch, when the server isolates the reward (math/code: --option max_workers=N)")
+    p.add_argument("--concurrency", type=int, default=2, help="batches scored at the same time, each on its own workers")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-sample deadline in seconds; past it the sample is TIMEOUT")
+    p.add_argument("--memory-mb", type=int, default=None, help="address-space headroom per worker process")
+    p.add_argument("--max-batch", type=int, default=1024, help="most samples per request (more: 413)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (larger: 413)")
+    p.add_argument("--failure-score", type=float, default=0.0, help="the reward OpenRLHF's /get_reward gives a failed check (flagged in extra_logs)")
+    p.add_argument(
+        "--isolate",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="score in worker processes under --timeout: always, never, or auto (not for math/code, which keep their own deadlines)",
+    )
+    p.set_defaults(fn=_cmd_serve)
     return parser
 
 
@@ -96,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (RegistryError, TypeError, ValueError, FileNotFoundError) as exc:  # a clear message, no traceback
+    except (RegistryError, TypeError, ValueError, FileNotFoundError, ImportError) as exc:  # a clear message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
