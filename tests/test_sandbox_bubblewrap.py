@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -35,6 +37,86 @@ def _host_pids_with_marker(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+# Programs that try to hold a run past its deadline (``Limits(timeout_s=2)``), and the status
+# each must end with. Every one must be back within the deadline + 1.5 s.
+HOSTILE = {
+    "stdout_flood": ('import sys\nwhile True:\n    sys.stdout.write("A" * 65536 + "\\n")\n', "timeout"),
+    "stderr_flood": ('import sys\nwhile True:\n    sys.stderr.write("E" * 65536 + "\\n")\n', "timeout"),
+    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+    "sleep": ("import time\ntime.sleep(3600)\n", "timeout"),
+    "ignores_sigterm": (
+        "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n",
+        "timeout",
+    ),
+    "child_outlives_parent": (
+        "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n"
+        "        sys.stdout.write('child\\n'); sys.stdout.flush(); time.sleep(0.01)\ntime.sleep(0.2)\nprint('parent done')\n",
+        "ok",
+    ),
+}
+
+# System calls the sandbox's seccomp filter denies (rlvr.sandboxes.base.DENIED_SYSCALLS), each
+# called with arguments under which it would succeed, or fail with another errno than EPERM,
+# for an unprivileged program without the filter (see test_syscall_probes_work_without_the_filter).
+_NR = {
+    "x86_64": dict(ptrace=101, process_vm_readv=310, process_vm_writev=311, perf_event_open=298, bpf=321, userfaultfd=323, keyctl=250,
+                   add_key=248, request_key=249, kexec_load=246, kexec_file_load=320, io_uring_setup=425, io_uring_enter=426,
+                   io_uring_register=427, unshare=272),
+    "aarch64": dict(ptrace=117, process_vm_readv=270, process_vm_writev=271, perf_event_open=241, bpf=280, userfaultfd=282, keyctl=219,
+                    add_key=217, request_key=218, kexec_load=104, kexec_file_load=294, io_uring_setup=425, io_uring_enter=426,
+                    io_uring_register=427, unshare=97),
+}  # fmt: skip
+_PROBE = """import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {nr!r}
+def call(name, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])
+    return r, ctypes.get_errno()
+def buf(n, fields=()):
+    b = ctypes.create_string_buffer(n)
+    for off, ctype, value in fields:
+        ctype.from_buffer(b, off).value = value
+    return b
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+here, there = buf(16, [(0, ctypes.c_uint64, 42)]), buf(16)
+local, remote = iovec(ctypes.addressof(there), 8), iovec(ctypes.addressof(here), 8)
+def addr(b):
+    return ctypes.addressof(b)
+r, e = {call}
+print(r, errno.errorcode.get(e, e))
+"""
+SYSCALL_ATTACKS = {
+    "ptrace": 'call("ptrace", 16, os.getppid(), 0, 0)',  # PTRACE_ATTACH to the parent
+    "process_vm_readv": 'call("process_vm_readv", os.getpid(), addr(local), 1, addr(remote), 1, 0)',
+    "process_vm_writev": 'call("process_vm_writev", os.getpid(), addr(local), 1, addr(remote), 1, 0)',
+    # a software task-clock counter on itself, user space only: allowed at perf_event_paranoid <= 2
+    "perf_event_open": 'call("perf_event_open", addr(buf(128, [(0, ctypes.c_uint32, 1), (4, ctypes.c_uint32, 112), (8, ctypes.c_uint64, 1), (40, ctypes.c_uint64, 0b1100001)])), 0, -1, -1, 0)',
+    "bpf": 'call("bpf", 0, addr(buf(128, [(0, ctypes.c_uint32, 2), (4, ctypes.c_uint32, 4), (8, ctypes.c_uint32, 4), (12, ctypes.c_uint32, 1)])), 72)',
+    "userfaultfd": 'call("userfaultfd", 1 | os.O_CLOEXEC)',  # UFFD_USER_MODE_ONLY: needs no privilege
+    "keyctl": 'call("keyctl", 0, -3, 0)',  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "add_key": 'call("add_key", addr(ctypes.create_string_buffer(b"user")), addr(ctypes.create_string_buffer(b"k")), addr(ctypes.create_string_buffer(b"v")), 1, -2)',
+    "request_key": 'call("request_key", addr(ctypes.create_string_buffer(b"user")), addr(ctypes.create_string_buffer(b"k")), 0, 0)',
+    "kexec_load": 'call("kexec_load", 0, 0, 0, 0)',
+    "kexec_file_load": 'call("kexec_file_load", -1, -1, 0, 0, 2)',
+    "io_uring_setup": 'call("io_uring_setup", 1, addr(buf(120)))',
+    "io_uring_enter": 'call("io_uring_enter", -1, 0, 0, 0, 0, 0)',  # EBADF without the filter
+    "io_uring_register": 'call("io_uring_register", -1, 0, 0, 0)',
+    "unshare": 'call("unshare", 0x200)',  # CLONE_FS: allowed to anyone without the filter
+}  # fmt: skip
+
+
+def syscall_probe(name: str) -> str:
+    """A program that makes the system call ``name`` and prints ``<return value> <errno name>``."""
+    nr = _NR.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"no system call numbers for {platform.machine()} in this test")
+    return _PROBE.format(nr=nr, call=SYSCALL_ATTACKS[name])
 
 
 class SandboxContract:
@@ -73,7 +155,101 @@ class SandboxContract:
         r = sandbox.run("import sys\nsys.stderr.write('bad')\nsys.exit(3)", limits=FAST)
         assert (r.status, r.exit_code, r.stderr) == ("runtime_error", 3, "bad")
 
+    def test_control_program_is_a_real_main_module(self, sandbox):
+        """What works under ``python main.py`` works here: pickling functions of ``__main__``
+        (multiprocessing with fork and with spawn), ``__file__``, ``sys.argv[0]``."""
+        program = (
+            "import multiprocessing, pickle, sys\n"
+            "from multiprocessing import Pool\n"
+            "def sq(x):\n"
+            "    return x * x\n"
+            "if __name__ == '__main__':\n"
+            "    with Pool(2) as p:\n"
+            "        print(p.map(sq, range(5)))\n"
+            "    with multiprocessing.get_context('spawn').Pool(1) as p:\n"
+            "        print(p.map(sq, [7]))\n"
+            "    print(pickle.loads(pickle.dumps(sq)) is sq, sys.modules['__main__'].__file__ == sys.argv[0] == __file__)\n"
+        )
+        r = sandbox.run(program, limits=Limits(timeout_s=30, memory_mb=512, max_processes=32))
+        assert r.status == "ok", r
+        assert r.stdout == "[0, 1, 4, 9, 16]\n[49]\nTrue True\n"
+
+    def test_control_threads_and_subprocess_under_the_syscall_filter(self, sandbox):
+        program = (
+            "import subprocess, sys, threading\n"
+            "out = []\n"
+            "ts = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print(sorted(out), subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout.strip())\n"
+        )
+        r = sandbox.run(program, limits=FAST)
+        assert (r.status, r.stdout) == ("ok", "[0, 1, 2, 3, 4, 5, 6, 7] 42\n"), r
+
     # --- attacks ---------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("pattern", sorted(HOSTILE))
+    def test_run_returns_by_its_deadline(self, sandbox, pattern):
+        program, status = HOSTILE[pattern]
+        limits = Limits(timeout_s=2, memory_mb=128, max_output_bytes=1 << 20, max_processes=32)
+        start = time.monotonic()
+        r = sandbox.run(program, limits=limits)
+        elapsed = time.monotonic() - start
+        assert r.status == status, r
+        assert elapsed < limits.timeout_s + 1.5, f"{pattern}: returned after {elapsed:.1f} s with timeout_s={limits.timeout_s}"
+
+    @pytest.mark.parametrize("name", sorted(SYSCALL_ATTACKS))
+    def test_denied_syscall_fails_with_eperm(self, sandbox, name):
+        r = sandbox.run(syscall_probe(name), limits=FAST)
+        assert r.status == "ok", r  # denied with an error, not a silent kill
+        assert r.stdout == "-1 EPERM\n", f"{name}: {r.stdout!r}"
+
+    def test_ipc_objects_do_not_reach_next_run(self, sandbox):
+        create = (
+            "import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.shmget(0, 4096, 0o1600) >= 0, libc.msgget(0, 0o1600) >= 0, libc.semget(0, 1, 0o1600) >= 0)\n"
+        )
+        first = sandbox.run(create, limits=FAST)
+        assert first.stdout == "True True True\n", first
+        count = "print([len(open('/proc/sysvipc/' + k).read().splitlines()) - 1 for k in ('shm', 'msg', 'sem')])"
+        for _ in range(4):  # more runs than a Docker pool has containers: one of them reuses the first's
+            r = sandbox.run(count, limits=FAST)
+            assert r.stdout == "[0, 0, 0]\n", r
+
+    def test_previous_runs_stdin_not_in_memory(self, sandbox):
+        """A run's stdin (a harness's tests) must not be readable from any later run's memory."""
+        secret = "SECRET-" + uuid.uuid4().hex
+        # ~160 KB: large enough that the pages it passed through would still hold copies
+        # (without the Docker PID 1's re-exec after each run, the scan below finds them).
+        first = sandbox.run("import sys\nprint(len(sys.stdin.read()))", stdin=secret * 4096, limits=FAST)
+        assert first.stdout == f"{len(secret) * 4096}\n", first
+        scan = (
+            "import ctypes, re\n"
+            "ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE 1: its own /proc/self/mem readable\n"
+            "pattern = re.compile(b'SEC' + b'RET-[0-9a-f]{32}')\n"
+            "found = set()\n"
+            "for pid in ('self', '1'):\n"
+            "    try:\n"
+            "        maps = open(f'/proc/{pid}/maps').read().splitlines()\n"
+            "        mem = open(f'/proc/{pid}/mem', 'rb', 0)\n"
+            "    except OSError:\n"
+            "        continue\n"
+            "    for line in maps:\n"
+            "        lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+            "        if 'r' not in line.split()[1]:\n"
+            "            continue\n"
+            "        try:\n"
+            "            mem.seek(lo)\n"
+            "            found.update(m.decode() for m in pattern.findall(mem.read(hi - lo)))\n"
+            "        except (OSError, OverflowError, ValueError):\n"
+            "            pass\n"
+            "print(sorted(found))\n"
+        )
+        for _ in range(4):  # more runs than a Docker pool has containers: one of them reuses the first's
+            r = sandbox.run(scan, limits=Limits(timeout_s=20, memory_mb=512))
+            assert r.status == "ok", r
+            assert secret not in r.stdout, r.stdout
+
 
     def test_network_unreachable(self, sandbox):
         program = (
@@ -254,6 +430,15 @@ class TestBubblewrap(SandboxContract):
         if shutil.which("bwrap") is None:
             pytest.skip("bubblewrap not installed: apt-get install -y bubblewrap")
         return get_sandbox("bubblewrap")
+
+
+def test_syscall_probes_work_without_the_filter():
+    """The control for test_denied_syscall_fails_with_eperm: the same sandbox with an allow-all
+    filter in place of rlvr's lets these calls through, so EPERM there is the filter's doing."""
+    box = get_sandbox("bubblewrap", warm=0)
+    box._seccomp = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
+    seen = {name: box.run(syscall_probe(name), limits=FAST).stdout for name in ("process_vm_readv", "io_uring_enter", "unshare")}
+    assert seen == {"process_vm_readv": "8 0\n", "io_uring_enter": "-1 EBADF\n", "unshare": "0 0\n"}, seen
 
 
 def test_unknown_sandbox_lists_known():

@@ -1,4 +1,4 @@
-"""The sandbox contract against a real Docker engine (warm pool of restored containers).
+"""The sandbox contract against a real Docker engine (warm pool of containers reset by their PID 1).
 
 Skipped, with the reason shown, when no engine answers; CI starts one with
 ``.ci/start_docker.sh`` so these run for real there.
@@ -41,7 +41,7 @@ class TestDocker(SandboxContract):
             r = sandbox.run("import os\nos.kill(os.getpid(), 9)", limits=FAST)
             assert (r.status, r.exit_code) == ("runtime_error", -9), r
 
-    def test_container_is_restored_not_reused_dirty(self, sandbox):
+    def test_container_is_reset_not_reused_dirty(self, sandbox):
         marks = ["/dev/shm/mark", "/tmp/mark", "/sandbox/mark"]
         sandbox.run(f"for p in {marks!r}:\n    open(p, 'w').write('x')\nimport os\nos.setsid() if os.fork() == 0 else None\nimport time\ntime.sleep(0.2)", limits=FAST)
         for _ in range(4):  # more runs than containers in the pool: one of them reuses the dirty container
@@ -49,6 +49,17 @@ class TestDocker(SandboxContract):
             exists, pids = r.stdout.split(" ", 1)
             assert exists == "False"
             assert len(eval(pids)) == 2, r.stdout  # PID 1 (the job runner) and this program only
+
+    def test_clean_runs_keep_their_container(self, sandbox):
+        """A run that ends normally leaves a reset container, not one to restart: PID 1 (whose
+        start time a restart would change) serves many runs."""
+        sandbox.wait_until_ready(60)
+        starts = set()
+        for _ in range(9):  # three rounds of a pool of 3
+            r = sandbox.run("print(open('/proc/1/stat').read().rsplit(')', 1)[1].split()[19])", limits=FAST)
+            assert r.status == "ok", r
+            starts.add(r.stdout)
+        assert len(starts) <= 3, starts
 
     def test_warm_pool_is_fast(self, sandbox):
         time.sleep(2)  # let the pool refill

@@ -8,11 +8,14 @@ files asked for. Backends: :mod:`rlvr.sandboxes.bubblewrap` (the local default) 
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Limits", "ExecResult", "Sandbox", "STATUSES"]
+__all__ = ["Limits", "ExecResult", "Sandbox", "STATUSES", "DENIED_SYSCALLS", "seccomp_filter"]
 
 STATUSES = ("ok", "runtime_error", "timeout", "memory_limit", "sandbox_error")
 
@@ -102,3 +105,61 @@ def check_relative_path(name: str) -> str:
     if not name or name.startswith("/") or norm.startswith("..") or norm == "." or "\0" in name:
         raise ValueError(f"sandbox file name {name!r} must be a relative path inside the work directory (no '/', '..', NUL)")
     return norm
+
+
+# System calls that both backends deny to sandboxed programs with EPERM (a seccomp filter on
+# top of everything else; Docker's own default profile denies most of them too). None of them
+# is needed by ordinary programs (threads, subprocess, multiprocessing, numpy); each gives a
+# program a way at another process or at the kernel's less-exercised code.
+DENIED_SYSCALLS = (
+    # reading or writing another process (a harness's secrets, the sandbox's init)
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    # large kernel attack surface that no test program needs
+    "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # the kernel keyring is not namespaced
+    "keyctl", "add_key", "request_key",
+    # host-wide operations (refused for lack of capabilities anyway: denied by name as well)
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
+    "acct", "mount", "umount2", "pivot_root", "unshare", "setns", "fsopen", "fsconfig", "fsmount", "fspick",
+    "move_mount", "open_tree", "mount_setattr", "open_by_handle_at", "name_to_handle_at", "quotactl", "syslog",
+    "settimeofday", "clock_settime", "clock_adjtime", "lookup_dcookie", "uselib", "iopl", "ioperm",
+)  # fmt: skip
+
+# Run by a Python that has libseccomp's own binding (Debian's python3-seccomp): the filter
+# allows everything but DENIED_SYSCALLS (argv), which fail with EPERM, and kills the process
+# on a system call of another architecture's ABI (32-bit int 0x80, x32), whose numbers the
+# list does not cover. Writes the compiled BPF program to stdout.
+_SECCOMP_GENERATOR = r"""
+import errno, sys, seccomp
+f = seccomp.SyscallFilter(seccomp.ALLOW)
+f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
+for name in sys.argv[1:]:
+    if seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) >= 0:  # iopl, ioperm: x86 only
+        f.add_rule(seccomp.ERRNO(errno.EPERM), name)
+sys.stdout.flush()
+f.export_bpf(sys.stdout)
+"""
+
+SECCOMP_HINT = "apt-get install -y python3-seccomp (libseccomp's Python binding, used to compile the sandbox's seccomp filter)"
+
+
+@functools.lru_cache(maxsize=None)
+def seccomp_filter() -> bytes:
+    """The compiled seccomp BPF program (``struct sock_filter[]``) that denies ``DENIED_SYSCALLS``.
+
+    Compiled once per process by libseccomp (its Python binding, ``import seccomp``: this
+    interpreter's if it has one, else the system ``/usr/bin/python3``'s, which Debian's
+    ``python3-seccomp`` provides). Raises RuntimeError with what to install when neither has it:
+    the sandboxes never run without the filter.
+    """
+    errors = []
+    for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        try:
+            proc = subprocess.run([python, "-c", _SECCOMP_GENERATOR, *DENIED_SYSCALLS], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"{python}: {exc}")
+            continue
+        if proc.returncode == 0 and proc.stdout and len(proc.stdout) % 8 == 0:
+            return proc.stdout
+        errors.append(f"{python}: {proc.stderr.decode(errors='replace').strip().splitlines()[-1:] or proc.returncode}")
+    raise RuntimeError(f"cannot compile the sandbox's seccomp filter ({'; '.join(map(str, errors))}): {SECCOMP_HINT}")

@@ -26,6 +26,16 @@ Threat model -- what it covers:
   not count other runs. At the wall-clock deadline the bwrap process group is killed with
   SIGKILL; the pid namespace's init dies with it and the kernel kills everything left,
   ``setsid`` daemons and SIGTERM-ignoring children included.
+- **System calls**: a seccomp filter (compiled by libseccomp, installed by bwrap's
+  ``--seccomp`` just before the interpreter starts, inherited by every process of the run)
+  makes ``ptrace``, ``process_vm_readv``/``process_vm_writev``, ``perf_event_open``, ``bpf``,
+  ``userfaultfd``, ``io_uring_*``, the keyring calls (``keyctl``, ``add_key``,
+  ``request_key``), ``kexec_*``, module loading, mounts, ``unshare``/``setns`` and the rest
+  of :data:`rlvr.sandboxes.base.DENIED_SYSCALLS` fail with ``EPERM`` (a program sees an
+  ordinary error and may go on; nothing is killed silently). A system call through another
+  architecture's ABI (32-bit ``int 0x80``, x32), whose numbers the list cannot name, kills
+  the process. So a program cannot trace or read its parent even where Yama's
+  ``ptrace_scope`` is 0.
 - **Resources**: rlimits on CPU seconds, address space (``memory_mb``), file size, open
   files, processes; core dumps off. stdout and stderr are read incrementally and each
   capped at ``max_output_bytes`` (``truncated`` says so); the rest is drained and dropped.
@@ -37,7 +47,9 @@ Threat model -- what it covers:
 What it does NOT cover:
 
 - Kernel exploits: the sandbox shares the host kernel (use Docker with gVisor, or a VM,
-  for hostile code with kernel 0-days in scope).
+  for hostile code with kernel 0-days in scope). The seccomp filter is a deny list: it
+  shrinks the kernel surface a program reaches, it is not an allow list of what a program
+  may call.
 - Total memory across processes: ``RLIMIT_AS`` caps each process, so ``max_processes``
   processes may together use up to ``max_processes * memory_mb``; keep both moderate, or
   use Docker for a cgroup memory cap.
@@ -60,7 +72,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 
-from rlvr.sandboxes.base import ExecResult, Limits, check_relative_path
+from rlvr.sandboxes.base import ExecResult, Limits, check_relative_path, seccomp_filter
 
 __all__ = ["BubblewrapSandbox", "find_bwrap", "classify_failure"]
 
@@ -219,6 +231,7 @@ class BubblewrapSandbox:
                     "use a system interpreter (python='/usr/bin/python3') or one outside /root"
                 )
         self._base_args = self._build_base_args(binds)
+        self._seccomp = seccomp_filter()  # RuntimeError with what to install: never run without it
         self.warm = (os.cpu_count() or 2) if warm is None else max(0, int(warm))
         self._pool: list[_Started] = []
         self._cond = threading.Condition()
@@ -255,8 +268,13 @@ class BubblewrapSandbox:
         """Start one sandbox (bwrap + BOOT waiting on stdin); an ExecResult if it cannot start."""
         status_r, status_w = os.pipe()
         fetch_r, fetch_w = os.pipe()
+        # bwrap reads the compiled filter from this pipe to its end, and installs it just before
+        # it execs the interpreter (a few hundred bytes: they fit in the pipe's buffer).
+        seccomp_r, seccomp_w = os.pipe()
+        os.write(seccomp_w, self._seccomp)
+        os.close(seccomp_w)
         py = [self.python, "-E", "-s"] + ([] if self.site_packages else ["-S"])
-        argv = self._base_args + ["--json-status-fd", str(status_w)] + py + ["-c", _BOOT, str(fetch_w)]
+        argv = self._base_args + ["--json-status-fd", str(status_w), "--seccomp", str(seccomp_r)] + py + ["-c", _BOOT, str(fetch_w)]
         drop = self._root and not self._setpriv  # drop to nobody in Popen's child (fork, no vfork)
         if self._root and self._setpriv:
             argv = [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"] + argv
@@ -266,7 +284,7 @@ class BubblewrapSandbox:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(status_w, fetch_w),
+                pass_fds=(status_w, fetch_w, seccomp_r),
                 start_new_session=True,
                 user=SANDBOX_UID if drop else None,
                 group=SANDBOX_UID if drop else None,
@@ -274,11 +292,12 @@ class BubblewrapSandbox:
                 env={"PATH": "/usr/bin:/bin"},
             )
         except OSError as exc:
-            for fd in (status_r, status_w, fetch_r, fetch_w):
+            for fd in (status_r, status_w, fetch_r, fetch_w, seccomp_r):
                 os.close(fd)
             return ExecResult("sandbox_error", None, "", f"could not start bwrap: {exc} ({_INSTALL_HINT})", False, 0.0)
         os.close(status_w)  # EOF on these means the sandbox closed them
         os.close(fetch_w)
+        os.close(seccomp_r)
         return _Started(proc, status_r, fetch_r)
 
     def _take(self) -> _Started | ExecResult:
