@@ -32,7 +32,6 @@ SCRIPT = textwrap.dedent(
     """
     import hashlib, json, sys
     from rlvr.environments.base import Task
-from rlvr.generation import vllm_available
     from rlvr.rewards import FunctionReward
     from rlvr.trainers.grpo_config import GRPOConfig
     from rlvr.trainers.grpo_trainer import GRPOTrainer
@@ -79,7 +78,6 @@ GRAD_SCRIPT = textwrap.dedent(
     import sys
     import torch
     from rlvr.environments.base import Task
-from rlvr.generation import vllm_available
     from rlvr.generation import SamplingConfig
     from rlvr.rewards import FunctionReward
     from rlvr.trainers.grpo_config import GRPOConfig
