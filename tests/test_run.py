@@ -35,7 +35,7 @@ def _train_step(model, opt, sched):
     opt.step()
     sched.step()
     opt.zero_grad()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_schedule_rng_and_state(tmp_path, processes):
