@@ -307,7 +307,8 @@ class VLLMGenerator(Generator):
         tokenizer: The tokenizer the trainer uses (prompts are tokenized with it).
         gpu_memory_utilization: Fraction of accelerator memory (of RAM on CPU) for the KV cache.
         max_model_len: Longest prompt + completion.
-        dtype: Engine dtype (``"auto"``: bf16 on CPU and GPU for fp32 checkpoints).
+        dtype: Engine dtype (``"auto"``: vLLM's choice, bf16 on CPU and GPU for fp32 checkpoints;
+            trainers pass their own rule's choice, see ``GRPOConfig.vllm_dtype``).
         seed: Engine seed.
         enforce_eager: Skip compilation (faster start, slower generation).
         kv_cache_gib: A fixed KV-cache size in GiB instead of ``gpu_memory_utilization``; on CPU
@@ -372,6 +373,7 @@ class VLLMGenerator(Generator):
             raise ValueError("vLLM's sleep mode needs a GPU; use sleep_level=0 on CPU")
         kv_bytes = int(kv_cache_gib * (1 << 30)) if kv_cache_gib is not None else None
         self.tokenizer = tokenizer
+        self.dtype = dtype
         self.sleep_level = sleep_level
         self._asleep = False
         extra: dict[str, Any] = {}

@@ -120,6 +120,7 @@ def parse_config(argv: list[str]) -> tuple[Any, str | None]:
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {path}: expected a mapping of config fields, got {type(loaded).__name__}")
         from_file = loaded.pop("trainer", None)
+        loaded.pop("resolved", None)  # a run's config.json records what it chose; the fields decide again
         values.update(loaded)
     state = read_trainer_state(args.resume) if args.resume else None
     saved = state.get("trainer", DEFAULT_TRAINER) if state else None

@@ -93,6 +93,8 @@ REQUIRED = [
     "clip_ratio_low",
     "clip_ratio_high",
     "kl",
+    "train_tokens",
+    "useful_tokens",
 ]
 
 
@@ -108,6 +110,14 @@ def test_training_changes_weights_and_logs_every_metric(tokenizer, tmp_path):
         assert all(key in r for r in rows), f"metric {key} missing"
     # HF generation and the trainer run the same fp32 model: importance ratios ~ 1
     assert abs(rows[0]["is_ratio_mean"] - 1) < 1e-3
+    # each row is prompt + completion, padded; useful = each distinct prompt once + the real completion tokens
+    for r in rows:
+        assert 0 < r["useful_tokens"] < r["train_tokens"]
+        assert r["useful_tokens"] >= r["completion_len_mean"] * 8
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["trainer"] == "grpo" and config["resolved"] == {
+        "trainer_precision": "fp32", "generator": "hf", "engine_dtype": "the trainer's model",
+    }
     assert set(summary) >= {"before", "after"} and (tmp_path / "eval.json").exists()
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "final" / "tokenizer.json").exists()
 

@@ -23,6 +23,7 @@ __all__ = ["ConfigError", "GRPOConfig"]
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class GRPOConfig(TrainConfig):
     """Fixed vLLM KV-cache size in GiB; None = 1.0 on CPU (unless vllm_gpu_memory_utilization is set), sized by utilization on GPU."""
     vllm_max_model_len: int = 1024
     """Longest prompt + completion the vLLM engine accepts."""
+    vllm_dtype: str = "auto"
+    """vLLM engine dtype: ``auto`` follows the trainer's rule (``bfloat16`` where bf16 is fast -- CUDA with bf16, a CPU with AMX -- else ``float32``), or ``bfloat16`` / ``float16`` / ``float32``."""
     vllm_enforce_eager: bool = False
     """Skip vLLM's compilation: starts faster, generates slower."""
     vllm_sleep_level: int | None = None
@@ -111,6 +114,7 @@ class GRPOConfig(TrainConfig):
         self.check_choice("loss_type", LOSS_TYPES)
         self.check_choice("scale_rewards", SCALE_REWARDS)
         self.check_choice("generator", GENERATORS)
+        self.check_choice("vllm_dtype", VLLM_DTYPES)
         if self.num_generations < 2:
             self.fail(
                 "num_generations",

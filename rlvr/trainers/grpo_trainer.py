@@ -196,7 +196,7 @@ def aggregate_loss(
 # metrics that describe a generation batch, kept on each of its num_iterations steps
 _BATCH_KEYS = (
     "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
-    "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds",
+    "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds", "train_tokens", "useful_tokens",
 )  # fmt: skip
 
 
@@ -282,7 +282,12 @@ class GRPOTrainer:
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (evaluating before and after when configured); returns the eval summary."""
         cfg = self.config
-        run.open_run_dir(self.output_dir, self.processes, cfg.to_dict(), self.name)
+        resolved = {
+            "trainer_precision": "bf16 autocast" if self.policy.bf16 else "fp32",
+            "generator": self.generator.name,
+            "engine_dtype": getattr(self.generator, "dtype", "the trainer's model"),
+        }
+        run.open_run_dir(self.output_dir, self.processes, cfg.to_dict(), self.name, resolved)
         summary: dict[str, Any] = run.read_json(self.output_dir / "eval.json")
         if cfg.eval_before and "before" not in summary and self.eval_tasks and self.step == 0:
             summary["before"] = self.evaluate()
@@ -394,6 +399,13 @@ class GRPOTrainer:
         num_sequences, num_tokens = self.processes.sum(len(batch), sum(float(m.sum()) for m in loss_masks))
         num_sequences = int(num_sequences)
         scale = float(self.world_size)
+        # token positions each training forward computes (rows x (prompt + completion) width) and how
+        # many of them carry information (each distinct prompt once, the real completion tokens)
+        train_tokens, useful_tokens = self.processes.sum(
+            sum(t["completion_ids"].numel() + len(t["prefix_index"]) * t["prompt_ids"].shape[1] for t in tensors),
+            sum(float(t["prompt_attention_mask"].sum() + t["completion_mask"].sum()) for t in tensors),
+        )
+        metrics["train_tokens"], metrics["useful_tokens"] = int(train_tokens), int(useful_tokens)
 
         ref_logps: list[torch.Tensor | None] = [None] * len(micro)
         if cfg.beta > 0:

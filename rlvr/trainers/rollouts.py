@@ -32,7 +32,7 @@ import torch
 from rlvr.environments.base import Task
 from rlvr.generation import Generation, Generator, HFGenerator, SamplingConfig, VLLMGenerator, choose_generator
 from rlvr.rewards import Outcome, Reward, Status, check_outcomes
-from rlvr.trainers.modeling import Policy, policy_state_dict
+from rlvr.trainers.modeling import Policy, bf16_is_fast, policy_state_dict
 
 __all__ = [
     "Rollout",
@@ -116,9 +116,13 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
         path = tempfile.mkdtemp(prefix="rlvr-vllm-")
         policy.base().save_pretrained(path, state_dict=policy_state_dict(policy), safe_serialization=True)
         policy.tokenizer.save_pretrained(path)
+    dtype = config.vllm_dtype
+    if dtype == "auto":  # the trainer's rule: bf16 only where bf16 matmuls are fast
+        dtype = "bfloat16" if bf16_is_fast(policy.device) else "float32"
     gen = VLLMGenerator(
         path,
         policy.tokenizer,
+        dtype=dtype,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         max_model_len=config.vllm_max_model_len,
         seed=config.seed,

@@ -170,11 +170,17 @@ def choose_run_dir(output_dir: str | os.PathLike | None, processes: Processes) -
     return Path("runs") / processes.broadcast(time.strftime("%Y%m%d-%H%M%S"))
 
 
-def open_run_dir(path: Path, processes: Processes, config: dict[str, Any], trainer: str) -> None:
-    """Create the run directory once (process 0) and write ``config.json``; every process waits for it."""
+def open_run_dir(
+    path: Path, processes: Processes, config: dict[str, Any], trainer: str, resolved: dict[str, Any] | None = None
+) -> None:
+    """Create the run directory once (process 0) and write ``config.json``; every process waits for it.
+
+    ``config.json`` holds the trainer's name, the config, and under ``resolved`` what the run
+    chose where the config said ``auto`` (precision, generator): the record of what ran.
+    """
     if processes.is_main:
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", {"trainer": trainer, **config})
+        write_json(path / "config.json", {"trainer": trainer, **config, **({"resolved": resolved} if resolved else {})})
     processes.barrier()
 
 
