@@ -63,6 +63,9 @@ class ExecResult:
         truncated: Whether stdout or stderr went over ``Limits.max_output_bytes``.
         wall_s: Wall-clock seconds of the run, sandbox start-up included.
         files: The fetched files that existed as regular files, by the name asked for.
+        pool_miss: The run found no warm sandbox ready and waited for one (started on the
+            caller's path, or a busy pool).
+        wait_s: Seconds the run waited for its sandbox before the program could start.
     """
 
     status: str
@@ -72,6 +75,8 @@ class ExecResult:
     truncated: bool
     wall_s: float
     files: Mapping[str, bytes] = field(default_factory=dict)
+    pool_miss: bool = False
+    wait_s: float = 0.0
 
     @property
     def ok(self) -> bool:

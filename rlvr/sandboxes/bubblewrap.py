@@ -59,6 +59,7 @@ What it does NOT cover:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -300,10 +301,10 @@ class BubblewrapSandbox:
         os.close(seccomp_r)
         return _Started(proc, status_r, fetch_r)
 
-    def _take(self) -> _Started | ExecResult:
-        """A started sandbox from the warm pool, or a fresh one when the pool is empty."""
+    def _take(self) -> tuple[_Started | ExecResult, bool]:
+        """A started sandbox from the warm pool, or a fresh one when the pool is empty; and whether it came from the pool."""
         if self.warm <= 0:
-            return self._start()
+            return self._start(), False
         with self._cond:
             if self._closed:
                 raise RuntimeError("this BubblewrapSandbox was closed")
@@ -315,7 +316,7 @@ class BubblewrapSandbox:
         # A sandbox started here lives no longer than this call, so starting it from the
         # caller's thread is safe; pool sandboxes come from the long-lived refill thread
         # because bwrap's --die-with-parent fires when the *thread* that started it ends.
-        return started if started is not None else self._start()
+        return (started, True) if started is not None else (self._start(), False)
 
     def wait_until_ready(self, timeout_s: float = 30.0) -> bool:
         """Block until the warm pool is full (True), or ``timeout_s`` passes (False)."""
@@ -401,10 +402,13 @@ class BubblewrapSandbox:
             items += [name.encode(), data]
         items += [n.encode() for n in fetch_names]
         header = b"".join(b"%d:%s" % (len(x), x) for x in items)
-        started = self._take()
+        taken = time.monotonic()
+        started, from_pool = self._take()
         if isinstance(started, ExecResult):
             return started
-        return self._execute(started, b"%010d" % len(header) + header + stdin.encode(), limits, start, fetch_names)
+        wait_s = time.monotonic() - taken
+        result = self._execute(started, b"%010d" % len(header) + header + stdin.encode(), limits, start, fetch_names)
+        return dataclasses.replace(result, pool_miss=not from_pool, wait_s=wait_s)
 
     def _execute(self, started: _Started, payload: bytes, limits: Limits, start: float, fetch_names: list[str]) -> ExecResult:
         proc = started.proc

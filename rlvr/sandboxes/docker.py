@@ -69,6 +69,7 @@ What it does NOT cover:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import queue
@@ -528,11 +529,15 @@ class DockerSandbox:
             time.sleep(0.02)
         return False
 
-    def _take(self, wait_s: float) -> _Box:
-        item = self._ready.get(timeout=wait_s)
+    def _take(self, wait_s: float) -> tuple[_Box, bool]:
+        """A ready container, and whether one was ready at once (False: the run waited for one)."""
+        try:
+            item, ready = self._ready.get_nowait(), True
+        except queue.Empty:
+            item, ready = self._ready.get(timeout=wait_s), False
         if isinstance(item, Exception):
             raise item
-        return item
+        return item, ready
 
     def close(self) -> None:
         """Stop the pool and remove every container of this sandbox."""
@@ -587,7 +592,7 @@ class DockerSandbox:
             job += [name, data]
         job += [f"{WORK_DIR}/{check_relative_path(n)}".encode() for n in fetch]
         try:
-            box = self._take(wait_s=max(30.0, limits.timeout_s))
+            box, ready = self._take(wait_s=max(30.0, limits.timeout_s))
         except queue.Empty:
             return ExecResult(
                 "sandbox_error", None, "", f"no warm container became free in time: pool_size={self.pool_size} is too small for the runs in flight",
@@ -601,7 +606,7 @@ class DockerSandbox:
         clean = False
         try:
             result, clean = self._run_in(box, job, stdin_bytes, limits, start, deadline)
-            return result
+            return dataclasses.replace(result, pool_miss=not ready, wait_s=deadline - limits.timeout_s - start)
         finally:
             # A confirmed reset puts the container straight back; anything else restarts it.
             (self._ready if clean and not self._closed else self._dirty).put(box)

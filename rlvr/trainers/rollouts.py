@@ -249,26 +249,33 @@ def batch_tensors(rollouts: Sequence[Rollout], pad_id: int) -> dict[str, torch.T
     }
 
 
-def rollout_row(r: Rollout) -> tuple[str, float | None, int, bool]:
-    """What :func:`reward_metrics` needs from a rollout (small, so processes can gather it): status, score, length, truncated."""
-    return r.outcome.status.value, r.outcome.score, len(r.generation.completion_ids), r.generation.finish_reason == "length"
+def rollout_row(r: Rollout) -> tuple[str, float | None, int, bool, dict[str, float]]:
+    """What :func:`reward_metrics` needs from a rollout (small, so processes can gather it):
+    status, score, length, truncated, and the outcome's ``sandbox_*`` metrics (code rewards)."""
+    sandbox = {k: float(v) for k, v in r.outcome.metrics.items() if k.startswith("sandbox_") and isinstance(v, (int, float))}
+    return r.outcome.status.value, r.outcome.score, len(r.generation.completion_ids), r.generation.finish_reason == "length", sandbox
 
 
-def reward_metrics(rows: Sequence[tuple[str, float | None, int, bool]], correct_threshold: float) -> dict[str, float]:
+def reward_metrics(rows: Sequence[tuple[str, float | None, int, bool, dict[str, float]]], correct_threshold: float) -> dict[str, float]:
     """A batch's reward metrics from :func:`rollout_row` rows.
 
     ``reward_mean`` / ``reward_std`` over OK outcomes; ``accuracy``: the share of ALL
     completions with an OK score >= ``correct_threshold``; ``completion_len_mean``,
-    ``frac_truncated``; ``n_ok`` / ``n_timeout`` / ``n_error`` / ``n_abstain``.
+    ``frac_truncated``; ``n_ok`` / ``n_timeout`` / ``n_error`` / ``n_abstain``; and the step's
+    totals of the rewards' ``sandbox_*`` metrics (sandbox runs, pool misses, seconds waited
+    for a sandbox, seconds run), when the reward reports them.
     """
-    ok = [score for status, score, _, _ in rows if status == Status.OK.value]
+    ok = [score for status, score, *_ in rows if status == Status.OK.value]
     metrics: dict[str, float] = {
         "reward_mean": float(np.mean(ok)) if ok else 0.0,
         "reward_std": float(np.std(ok)) if ok else 0.0,
         "accuracy": sum(s >= correct_threshold for s in ok) / max(len(rows), 1),
-        "completion_len_mean": float(np.mean([n for _, _, n, _ in rows])) if rows else 0.0,
-        "frac_truncated": float(np.mean([trunc for _, _, _, trunc in rows])) if rows else 0.0,
+        "completion_len_mean": float(np.mean([row[2] for row in rows])) if rows else 0.0,
+        "frac_truncated": float(np.mean([row[3] for row in rows])) if rows else 0.0,
     }
     for status in Status:
-        metrics[f"n_{status.value}"] = sum(st == status.value for st, _, _, _ in rows)
+        metrics[f"n_{status.value}"] = sum(row[0] == status.value for row in rows)
+    for row in rows:
+        for key, value in row[4].items():
+            metrics[key] = metrics.get(key, 0.0) + value
     return metrics

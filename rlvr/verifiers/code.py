@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import functools
 import importlib.util
 import marshal
@@ -187,7 +188,14 @@ class CodeVerifier:
                 continue
             runs = by_sample.get(i, [])
             elapsed = sum(r.wall_s for _, r in runs) if runs else time.monotonic() - start
-            outcomes.append(self._grade(plan, runs, elapsed))
+            outcome = self._grade(plan, runs, elapsed)
+            sandbox = {  # what the sandbox cost this sample, for a trainer's per-step totals
+                "sandbox_runs": float(len(runs)),
+                "sandbox_pool_misses": float(sum(r.pool_miss for _, r in runs)),
+                "sandbox_wait_s": sum(r.wait_s for _, r in runs),
+                "sandbox_run_s": sum(r.wall_s for _, r in runs),
+            }
+            outcomes.append(dataclasses.replace(outcome, metrics={**outcome.metrics, **sandbox}))
         return outcomes
 
     # -- planning: what to run -----------------------------------------------------------------
