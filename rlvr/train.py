@@ -160,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RegistryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from rlvr.trainers.run import finish_processes
+
     start = time.perf_counter()
     summary = trainer.train()
     wall = time.perf_counter() - start
     if not trainer.is_main:  # with several processes, process 0 writes the run's files
+        finish_processes()
         return 0
     out = trainer.output_dir
     summary["wall_time_s"] = wall
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if "before" in summary and "after" in summary:
         line += f"; held-out accuracy {summary['before']['accuracy']:.1%} -> {summary['after']['accuracy']:.1%}"
     print(line)
+    finish_processes()
     return 0
 
 

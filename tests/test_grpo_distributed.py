@@ -35,6 +35,7 @@ SCRIPT = textwrap.dedent(
     from rlvr.rewards import FunctionReward
     from rlvr.trainers.grpo_config import GRPOConfig
     from rlvr.trainers.grpo_trainer import GRPOTrainer
+    from rlvr.trainers.run import finish_processes
 
     def length_reward(sample):
         return 1.0 if len(sample.completion) % 3 == 0 else 0.0
@@ -66,6 +67,7 @@ SCRIPT = textwrap.dedent(
         trainer.train()
         with open(f"{out}/rank{trainer.rank}-{max_steps}.json", "w") as f:
             json.dump({"world": trainer.world_size, "before": before, "after": digest(trainer.model), "seen": seen}, f)
+        finish_processes()
     """
 ).replace("WORDS", repr(WORDS))
 
@@ -83,6 +85,7 @@ GRAD_SCRIPT = textwrap.dedent(
     from rlvr.trainers.grpo_config import GRPOConfig
     from rlvr.trainers.grpo_trainer import GRPOTrainer
     from rlvr.trainers.rollouts import Rollout, new_timing, score_generations
+    from rlvr.trainers.run import finish_processes
 
     def length_reward(sample):
         return float(len(sample.completion) % 3)
@@ -111,6 +114,7 @@ GRAD_SCRIPT = textwrap.dedent(
         if trainer.rank == 0:
             grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
             torch.save({"grad": grads, "lengths": lengths}, f"{out}/grad-{trainer.world_size}.pt")
+        finish_processes()  # both processes leave together
     """
 ).replace("WORDS", repr(WORDS))
 
@@ -274,6 +278,9 @@ VLLM_SCRIPT = textwrap.dedent(
         trainer.train()
         with open(f"{out}/rank{trainer.rank}.json", "w") as f:
             json.dump({"generator": trainer.generator.name, "history": trainer.history}, f)
+        from rlvr.trainers.run import finish_processes
+
+        finish_processes()
     """
 ).replace("WORDS", repr(WORDS))
 

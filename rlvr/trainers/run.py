@@ -42,6 +42,7 @@ __all__ = [
     "RunLog",
     "choose_run_dir",
     "find_checkpoint",
+    "finish_processes",
     "load_checkpoint",
     "open_run_dir",
     "plot_curves",
@@ -110,6 +111,20 @@ class Processes:
     def shard(self, n: int) -> list[int]:
         """This process's indices of ``range(n)``: ``rank, rank + world_size, ...``."""
         return list(range(self.rank, n, self.world_size))
+
+
+def finish_processes() -> None:
+    """End a run of several processes together: a barrier, then the process group is destroyed.
+
+    A process that leaves while others still talk to it (process 0 writing the last files)
+    can abort at exit on the process group's threads ("terminate called without an active
+    exception"); entry points call this last. With one process it does nothing.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
