@@ -49,6 +49,7 @@ __all__ = [
     "IsolatedReward",
     "isolated",
     "check_outcomes",
+    "score_or_error",
 ]
 
 
@@ -155,6 +156,17 @@ def check_outcomes(name: str, samples: Sequence[Sample], outcomes: Any) -> list[
             "it must return exactly one Outcome per sample, in order"
         )
     return [_check_one(name, o) for o in outcomes]
+
+
+def score_or_error(reward: Reward, samples: Sequence[Sample]) -> list[Outcome]:
+    """``reward.score(samples)``, checked by :func:`check_outcomes`; a reward that raises makes
+    every sample of the batch an ``ERROR`` outcome with the reason (never a 0), so the caller
+    (a trainer's step, an evaluation) goes on."""
+    try:
+        raw = reward.score(samples)
+    except Exception as exc:  # noqa: BLE001 -- a crashing reward is reported per sample, not fatal
+        raw = [Outcome.error(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}") for _ in samples]
+    return check_outcomes(reward.name, samples, raw)
 
 
 def _check_one(name: str, outcome: Any) -> Outcome:

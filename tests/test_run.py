@@ -53,7 +53,9 @@ def test_checkpoint_round_trip_restores_weights_optimizer_schedule_rng_and_state
     other, opt2, sched2 = _tiny()
     _train_step(other, opt2, sched2)  # some other state, to be overwritten
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    state, data = run.load_checkpoint(tmp_path, processes, other, opt2, sched2)  # the run directory: finds checkpoint-2
+    with pytest.raises(ConfigError, match="written by the 't' trainer; resume it with --trainer t"):
+        run.load_checkpoint(tmp_path, processes, other, opt2, sched2, trainer="grpo")
+    state, data = run.load_checkpoint(tmp_path, processes, other, opt2, sched2, trainer="t")  # the run directory: finds checkpoint-2
     assert state["step"] == 2 and state["trainer"] == "t" and state["world_size"] == 1 and data == {"epoch": 1, "cursor": 3}
     assert _train_step(other, opt2, sched2) == expected_loss
     for k, v in other.state_dict().items():

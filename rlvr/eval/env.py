@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.environments.base import Environment, Task
-from rlvr.rewards import Outcome, Reward, Status, check_outcomes
+from rlvr.rewards import Reward, Status, score_or_error
 
 __all__ = ["add_parser", "evaluate_environment", "pass_at_k"]
 
@@ -42,14 +42,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def _score(reward: Reward, samples: list[Any]) -> list[Outcome]:
-    try:
-        raw = reward.score(samples)
-    except Exception as exc:  # noqa: BLE001 -- a crashing reward is counted as errors, never as wrong answers
-        raw = [Outcome.error(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}") for _ in samples]
-    return check_outcomes(reward.name, samples, raw)
 
 
 def evaluate_environment(
@@ -111,7 +103,7 @@ def evaluate_environment(
     gen_time = time.perf_counter() - start
     samples = [tasks[mine[g.prompt_index]].sample(g.text) for g in generations]
     start = time.perf_counter()
-    outcomes = _score(reward, samples) if samples else []
+    outcomes = score_or_error(reward, samples) if samples else []
     reward_time = time.perf_counter() - start
     if own_reward and hasattr(reward, "close"):
         reward.close()

@@ -602,11 +602,12 @@ class DockerSandbox:
             return ExecResult("sandbox_error", None, "", f"could not start a container: {exc}", False, time.monotonic() - start)
         # The program's deadline counts from when it has a container (waiting for a free
         # one is the pool's fault, not the program's; size the pool to the runs in flight).
-        deadline = time.monotonic() + limits.timeout_s
+        got = time.monotonic()
+        deadline = got + limits.timeout_s
         clean = False
         try:
             result, clean = self._run_in(box, job, stdin_bytes, limits, start, deadline)
-            return dataclasses.replace(result, pool_miss=not ready, wait_s=deadline - limits.timeout_s - start)
+            return dataclasses.replace(result, pool_miss=not ready, wait_s=got - start)
         finally:
             # A confirmed reset puts the container straight back; anything else restarts it.
             (self._ready if clean and not self._closed else self._dirty).put(box)

@@ -507,10 +507,7 @@ class GRPOTrainer:
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        saved = run.read_trainer_state(path).get("trainer", self.name)
-        if saved != self.name:
-            raise ConfigError(f"checkpoint {path} was written by the {saved!r} trainer; resume it with --trainer {saved}")
-        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler)
+        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
         self.step = state["step"]
         self.data.load(data)
         if self.is_main:

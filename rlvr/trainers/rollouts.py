@@ -31,7 +31,7 @@ import torch
 
 from rlvr.environments.base import Task
 from rlvr.generation import Generation, Generator, HFGenerator, SamplingConfig, VLLMGenerator, choose_generator
-from rlvr.rewards import Outcome, Reward, Status, check_outcomes
+from rlvr.rewards import Outcome, Reward, Status, score_or_error
 from rlvr.trainers.modeling import Policy, bf16_is_fast, policy_state_dict
 
 __all__ = [
@@ -154,15 +154,11 @@ def score_generations(reward: Reward, tasks: Sequence[Task], gens: Sequence[Gene
     """Score each generation against its task; ``(outcomes, seconds)``.
 
     A reward that raises on the batch makes every sample an ``ERROR`` outcome (never a 0),
-    and training goes on; :func:`~rlvr.rewards.check_outcomes` turns malformed outcomes into errors.
+    and training goes on (:func:`~rlvr.rewards.score_or_error`).
     """
     start = time.perf_counter()
-    samples = [tasks[g.prompt_index].sample(g.text) for g in gens]
-    try:
-        raw = reward.score(samples)
-    except Exception as exc:  # noqa: BLE001 -- a crashing reward is reported per sample, not fatal
-        raw = [Outcome.error(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}") for _ in samples]
-    return check_outcomes(reward.name, samples, raw), time.perf_counter() - start
+    outcomes = score_or_error(reward, [tasks[g.prompt_index].sample(g.text) for g in gens])
+    return outcomes, time.perf_counter() - start
 
 
 def generate_and_score(

@@ -419,16 +419,22 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    trainer: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load what :func:`save_checkpoint` wrote into ``model``/``optimizer``/``scheduler`` and the RNGs.
 
-    Returns ``(trainer_state, data)``: the saved state and this process's data order.
+    ``trainer``: the name of the trainer resuming; a checkpoint another trainer wrote is
+    refused before anything is loaded. Returns ``(trainer_state, data)``: the saved state
+    and this process's data order.
     """
     import torch
     from safetensors.torch import load_file
 
     path = find_checkpoint(path)
     state = json.loads((path / "trainer_state.json").read_text())
+    saved_trainer = state.get("trainer", trainer)
+    if trainer is not None and saved_trainer != trainer:
+        raise ConfigError(f"checkpoint {path} was written by the {saved_trainer!r} trainer; resume it with --trainer {saved_trainer}")
     saved_world = state.get("world_size", 1)
     if saved_world != processes.world_size:
         raise ConfigError(
