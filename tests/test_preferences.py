@@ -52,7 +52,7 @@ def test_load_pairs_skips_bad_rows(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         pairs = load_pairs(path)
     assert pairs == [PreferencePair("q", "a", "b", info={"source": "x"})]
-    assert "row 1 skipped: missing rejected" in caplog.text and "row 2 skipped" in caplog.text
+    assert f"{path}:2: skipped, missing column rejected" in caplog.text and f"{path}:3: skipped" in caplog.text
 
 
 def test_pairs_round_trip_through_lookup():

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import tiny_causal_lm
@@ -58,7 +59,7 @@ NO_TORCH = (
     "argv, message",
     [
         (["--num_generations", "1"], "GRPOConfig.num_generations: got 1"),
-        (["--trainer", "nope"], "unknown trainer 'nope'; known trainers: grpo"),
+        (["--trainer", "nope"], "unknown trainer 'nope'; known trainers: "),
         (["--nonsense_field", "3"], "unknown GRPOConfig field 'nonsense_field'"),
         (["--resume", "/no/such/run"], "no such directory"),
     ],
@@ -183,3 +184,24 @@ def test_end_to_end_tiny_model_and_resume(tmp_path):
     assert main(["--resume", str(out), "--max_steps", "3", "--progress_bar", "false"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_config_is_a_valid_config_of_its_trainer(path):
+    """Each file in examples/ names its trainer and passes that trainer's checks (no model is loaded)."""
+    import warnings
+
+    import yaml
+
+    from rlvr.train import parse_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # experimental trainers warn on import
+        config, _ = parse_config(["--config", str(path)])
+    from rlvr.registry import load_trainer_config
+
+    named = yaml.safe_load(path.read_text()).get("trainer", "grpo")
+    assert type(config) is load_trainer_config(named)

@@ -6,6 +6,10 @@
 - ``python -m rlvr.eval env NAME --model M``: pass@k, accuracy and mean reward of a model on
   an environment (:mod:`rlvr.eval.env`); :func:`evaluate_environment` is also the trainers'
   held-out evaluation.
+- ``python -m rlvr.eval preferences --reward NAME_OR_PATH --pairs FILE``: how often a reward
+  (a verifier, a reward-model directory, ``preferences:FILE``) scores each pair's chosen
+  completion above its rejected one, with ties and non-OK outcomes counted apart
+  (:mod:`rlvr.eval.preferences`, :func:`evaluate_preferences`).
 
 Every bad input (a missing file, an unknown name, a bad option) is one ``error: ...`` line
 and exit code 2.
@@ -23,6 +27,7 @@ __all__ = [
     "Report",
     "evaluate_environment",
     "evaluate_math_verify",
+    "evaluate_preferences",
     "evaluate_reward",
     "load_cases",
     "main",
@@ -37,6 +42,7 @@ _LAZY = {
     "load_cases": "rlvr.eval.verifier",
     "evaluate_environment": "rlvr.eval.env",
     "pass_at_k": "rlvr.eval.env",
+    "evaluate_preferences": "rlvr.eval.preferences",
 }
 
 
@@ -50,12 +56,13 @@ def __getattr__(name: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m rlvr.eval`` command line."""
-    from rlvr.eval import env, verifier
+    from rlvr.eval import env, preferences, verifier
 
     parser = argparse.ArgumentParser(prog="python -m rlvr.eval", description="Evaluate rewards and environments.")
     sub = parser.add_subparsers(dest="command", required=True)
     verifier.add_parser(sub)
     env.add_parser(sub)
+    preferences.add_parser(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """``TrainConfig``: the fields and checks every training method shares.
 
-A method's config (``GRPOConfig``, ...) is a dataclass that inherits this one -- one level,
-no deeper -- and adds only its own fields and checks, in its ``check`` method, after
+A method's config is a dataclass that inherits this one -- directly (offline methods), or
+through :class:`~rlvr.trainers.online_config.OnlineConfig` (online methods: environment,
+generation, evaluation), no deeper -- and adds only its own fields and checks, in its ``check`` method, after
 ``super().check()``. A bad value fails in ``__post_init__``, before any model, tokenizer
 or engine is loaded, with a :class:`ConfigError` that names the field and the fix.
 ``python -m rlvr.train`` builds a config from a YAML file plus ``--key value`` overrides,
@@ -109,9 +110,13 @@ class TrainConfig:
                     setattr(self, f.name, float(value))
                 continue
             kinds = _scalar_kinds(hints[f.name])
+            text = value.strip()
             if str in kinds or not kinds:
                 continue
-            text = value.strip()
+            if kinds == (type(None),):  # a list or dict field that may be None: the field's check parses the text
+                if text.lower() in ("none", "null", ""):
+                    setattr(self, f.name, None)
+                continue
             try:
                 if bool in kinds and text.lower() in ("true", "false", "yes", "no", "1", "0"):
                     setattr(self, f.name, text.lower() in ("true", "yes", "1"))

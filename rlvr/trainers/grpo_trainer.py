@@ -53,11 +53,9 @@ from typing import Any
 import torch
 
 from rlvr.environments.base import Environment, Task
-from rlvr.eval.env import evaluate_environment
-from rlvr.generation import Generator, SamplingConfig
+from rlvr.generation import Generator
 from rlvr.rewards import Reward, Status
-from rlvr.trainers import modeling, rollouts, run
-from rlvr.trainers.config import ConfigError
+from rlvr.trainers import modeling, online, rollouts, run
 from rlvr.trainers.grpo_config import GRPOConfig
 from rlvr.trainers.modeling import selective_log_softmax
 from rlvr.trainers.rollouts import Rollout, sampling_seed
@@ -235,23 +233,8 @@ class GRPOTrainer:
         self.processes = run.Processes()
         self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
         run.seed_everything(cfg.seed)
-        if reward is None and env is None:
-            raise ConfigError("GRPOTrainer needs an env or a reward: pass env=... (its reward scores), or reward=... with train_tasks=...")
-        self.reward = reward if reward is not None else env.reward()
-        if train_tasks is None and env is None:
-            raise ConfigError("GRPOTrainer needs training tasks: pass env=... or train_tasks=...")
-        # the system prompt is applied once: the policy and a prompt-aware reward see the same prompt
-        self.train_tasks = [t.with_system_prompt(cfg.system_prompt) for t in (train_tasks if train_tasks is not None else env.tasks("train"))]
-        eval_tasks = eval_tasks if eval_tasks is not None else (env.tasks("test") if env is not None else [])
-        self.eval_tasks = [t.with_system_prompt(cfg.system_prompt) for t in eval_tasks][: cfg.eval_max_tasks]
-        # each process draws from its own shard of the training tasks, in its own seeded order
-        self._shard = self.processes.shard(len(self.train_tasks))
-        if not self._shard:
-            raise ConfigError(
-                f"{len(self.train_tasks)} training task(s) cannot feed {self.world_size} processes; "
-                "use fewer processes or more training tasks"
-            )
-        self.data = run.DataOrder(len(self._shard), cfg.seed + self.rank)
+        self.data = online.prepare_tasks(cfg, self.processes, env, reward, train_tasks, eval_tasks, "GRPOTrainer")
+        self.reward, self.train_tasks, self.eval_tasks = self.data.reward, self.data.train_tasks, self.data.eval_tasks
 
         self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
         self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
@@ -268,106 +251,26 @@ class GRPOTrainer:
     @classmethod
     def from_config(cls, config: GRPOConfig) -> GRPOTrainer:
         """What ``python -m rlvr.train`` builds: the config's environment (and verifier, when one is named) and model."""
-        from rlvr.environments import make_environment
-        from rlvr.registry import load_verifier
-
-        try:
-            env = make_environment(config.env, **config.env_kwargs)
-        except TypeError as exc:  # an option the environment does not take
-            raise ConfigError(f"GRPOConfig.env_kwargs: {config.env_kwargs} do not fit environment {config.env!r} ({exc})") from None
-        reward = load_verifier(config.verifier) if config.verifier else None
+        env, reward = online.environment_and_reward(config)
         return cls(config, env=env, reward=reward)
 
     # ----------------------------------------------------------------- loop
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (evaluating before and after when configured); returns the eval summary."""
-        cfg = self.config
-        resolved = {
-            "trainer_precision": "bf16 autocast" if self.policy.bf16 else "fp32",
-            "generator": self.generator.name,
-            "engine_dtype": getattr(self.generator, "dtype", "the trainer's model"),
-        }
-        run.open_run_dir(self.output_dir, self.processes, cfg.to_dict(), self.name, resolved)
-        summary: dict[str, Any] = run.read_json(self.output_dir / "eval.json")
-        if cfg.eval_before and "before" not in summary and self.eval_tasks and self.step == 0:
-            summary["before"] = self.evaluate()
-            if self.is_main:
-                run.write_json(self.output_dir / "eval.json", summary)
-        self.log.open(self.step)
-        try:
-            while self.step < cfg.max_steps:
-                self.training_step()
-        finally:
-            self.log.close()
-        if cfg.eval_after and self.eval_tasks:
-            summary["after"] = self.evaluate()
-        summary["steps"] = self.step
-        if self.is_main:
-            run.write_json(self.output_dir / "eval.json", summary)
-        if cfg.save_final_model:
-            self.save_model(self.output_dir / "final")
-        return summary
+        return run.run_training(self, online.resolved_settings(self.policy, self.generator), has_eval=bool(self.eval_tasks))
 
     def training_step(self) -> dict[str, Any]:
         """One generation batch: prompts, rollouts, rewards, ``num_iterations`` optimizer steps."""
         timing = rollouts.new_timing()
         metrics: dict[str, Any] = {}
-        batch = self._collect(metrics, timing)
+        batch = online.collect_groups(self.generator, self.data, self.config, self.step, self.processes, metrics, timing)
         self.generator.sleep()  # on GPU, vLLM gives its memory to the backward pass until it generates again
         self._train_on(batch, metrics, timing)
         return self.history[-1] if self.history else metrics
 
     def evaluate(self, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
-        """Greedy held-out evaluation (:func:`~rlvr.eval.env.evaluate_environment`), split over the processes."""
-        cfg = self.config
-        start = time.perf_counter()
-        result = evaluate_environment(
-            None,
-            self.generator,
-            tasks=list(self.eval_tasks if tasks is None else tasks),
-            reward=self.reward,
-            max_new_tokens=cfg.max_completion_length,
-            temperature=0.0,
-            seed=cfg.seed,
-            correct_threshold=cfg.correct_threshold,
-            shard=(self.rank, self.world_size),
-            gather=self.processes.gather,
-        )
-        return {**result, "step": self.step, "time_s": time.perf_counter() - start}
-
-    # ----------------------------------------------------------------- rollouts
-    def _collect(self, metrics: dict[str, Any], timing: dict[str, float]) -> list[Rollout]:
-        """Prompts -> scored rollouts for one generation batch, with dynamic sampling when on."""
-        cfg = self.config
-        n = cfg.num_generations
-        want = cfg.generation_batch_size // n // self.world_size  # this process's share
-        kept: list[list[Rollout]] = []
-        dropped: list[list[Rollout]] = []
-        rounds, seen_groups, tie_groups = 0, 0, 0
-        while len(kept) < want and rounds < (cfg.max_dynamic_sampling_rounds if cfg.dynamic_sampling else 1):
-            tasks = [self.train_tasks[self._shard[i]] for i in self.data.take(want - len(kept))]
-            seed = sampling_seed(cfg.seed, self.step, rounds, self.rank)
-            sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_completion_length, seed)
-            batch = rollouts.generate_and_score(
-                self.generator, self.reward, tasks, n, sampling, cfg.reward_overlap_chunks, timing
-            )
-            rounds += 1
-            for g in range(len(tasks)):
-                group = batch[g * n : (g + 1) * n]
-                seen_groups += 1
-                ties = len({r.outcome.score for r in group if r.outcome.status is Status.OK}) <= 1
-                tie_groups += ties
-                (dropped if cfg.dynamic_sampling and ties else kept).append(group)
-        if not kept:  # every group tied: train on them anyway (their advantages are 0 -> only KL acts)
-            kept = dropped[:want]
-        elif self.world_size > 1 and len(kept) < want:
-            # every process must run the same number of backward passes: fill up with tied groups
-            kept += dropped[: want - len(kept)]
-        rounds_sum, seen_groups, tie_groups, num_groups = self.processes.sum(rounds, seen_groups, tie_groups, len(kept))
-        metrics["dynamic_sampling_rounds"] = rounds if self.world_size == 1 else rounds_sum / self.world_size
-        metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
-        metrics["num_groups"] = int(num_groups)
-        return [r for group in kept for r in group]
+        """Greedy held-out evaluation of the current policy, split over the processes."""
+        return online.evaluate_policy(self.generator, self.data, self.config, self.processes, self.step, tasks)
 
     def _logprobs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return modeling.completion_logprobs(model, batch, self.config.temperature, self.policy.bf16, self.device)
@@ -387,35 +290,15 @@ class GRPOTrainer:
         micro = [batch[i : i + mbs] for i in range(0, len(batch), mbs)]
         tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
         adv_chunks = [advantages[i : i + mbs] for i in range(0, len(batch), mbs)]
-        loss_masks = []
-        for m, t in zip(micro, tensors):
-            mask = t["completion_mask"].clone()
-            if cfg.mask_truncated_completions:
-                keep = torch.tensor([r.generation.finish_reason != "length" for r in m], dtype=torch.float32)
-                mask = mask * keep[:, None]
-            loss_masks.append(mask)
+        loss_masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
         # the whole step's counts, over every process: each process's loss is its share of the
         # step's loss, times world_size because DistributedDataParallel averages gradients
         num_sequences, num_tokens = self.processes.sum(len(batch), sum(float(m.sum()) for m in loss_masks))
         num_sequences = int(num_sequences)
         scale = float(self.world_size)
-        # token positions each training forward computes (rows x (prompt + completion) width) and how
-        # many of them carry information (each distinct prompt once, the real completion tokens)
-        train_tokens, useful_tokens = self.processes.sum(
-            sum(t["completion_ids"].numel() + len(t["prefix_index"]) * t["prompt_ids"].shape[1] for t in tensors),
-            sum(float(t["prompt_attention_mask"].sum() + t["completion_mask"].sum()) for t in tensors),
-        )
-        metrics["train_tokens"], metrics["useful_tokens"] = int(train_tokens), int(useful_tokens)
+        metrics.update(online.token_metrics(tensors, self.processes))
 
-        ref_logps: list[torch.Tensor | None] = [None] * len(micro)
-        if cfg.beta > 0:
-            with torch.no_grad():
-                for j, t in enumerate(tensors):
-                    if self.ref_model is not None:
-                        ref_logps[j] = self._logprobs(self.ref_model, t)
-                    else:  # LoRA: the reference is the model with its adapters off
-                        with self.model.disable_adapter():
-                            ref_logps[j] = self._logprobs(self.model, t)
+        ref_logps = online.reference_logprobs(self.policy, self.ref_model, tensors, cfg.temperature) if cfg.beta > 0 else []
 
         old_logps: list[torch.Tensor | None] = [None] * len(micro)
         stats: dict[str, list] = {k: [] for k in ("clip_low", "clip_high", "kl", "is_raw", "mask")}
@@ -436,7 +319,9 @@ class GRPOTrainer:
                     )
                     mask = loss_masks[j].to(logp.device)
                     if cfg.importance_sampling_correction and bool(t["sampler_logp"].any()):
-                        weights, raw = truncated_importance_weights(old, t["sampler_logp"].to(logp.device), cfg.importance_sampling_cap)
+                        weights, raw = truncated_importance_weights(
+                            old, t["sampler_logp"].to(logp.device), cfg.importance_sampling_cap
+                        )
                         per_token = per_token * weights
                         if iteration == 0:
                             stats["is_raw"].append(raw[mask > 0])
@@ -451,15 +336,12 @@ class GRPOTrainer:
                 stats["clip_high"].append((clip_high.float() * mask).sum())
                 stats["mask"].append(mask.sum())
             (total_loss,) = self.processes.sum(total_loss)  # each process's share of the step's loss
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            metrics["lr"] = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
-            self.scheduler.step()
+            metrics["grad_norm"], metrics["lr"] = online.optimizer_step(
+                self.model, self.optimizer, self.scheduler, cfg.max_grad_norm
+            )
             self.step += 1
             timing["train_time_s"] += time.perf_counter() - start
             metrics["loss"] = total_loss
-            metrics["grad_norm"] = float(grad_norm)
             if iteration < cfg.num_iterations - 1:
                 self._end_of_step(metrics, timing, stats)  # an inner step: log it and go on
                 metrics = {k: metrics[k] for k in _BATCH_KEYS if k in metrics}
@@ -469,7 +351,6 @@ class GRPOTrainer:
 
     def _end_of_step(self, metrics: dict[str, Any], timing: dict[str, float], stats: dict[str, list]) -> None:
         cfg = self.config
-        metrics["weight_sync_time_s"] = rollouts.sync_generator(self.generator, self.policy)
         tokens, clip_low, clip_high, kl_sum, kl_tokens = self.processes.sum(
             float(sum(stats["mask"])),
             float(sum(stats["clip_low"])),
@@ -481,18 +362,8 @@ class GRPOTrainer:
         metrics["clip_ratio_high"] = clip_high / max(tokens, 1.0)
         if cfg.beta > 0 and kl_tokens:
             metrics["kl"] = kl_sum / max(kl_tokens, 1.0)
-        if stats["is_raw"]:
-            raw = torch.cat(stats["is_raw"]).float()
-            if raw.numel():
-                metrics["is_ratio_mean"] = float(raw.mean())
-                metrics["is_ratio_p5"] = float(torch.quantile(raw, 0.05))
-                metrics["is_ratio_p95"] = float(torch.quantile(raw, 0.95))
-                metrics["is_frac_capped"] = float((raw > cfg.importance_sampling_cap).float().mean())
-        metrics["step"] = self.step
-        metrics.update(rollouts.timing_metrics(timing))
-        self.log.log(metrics, self.step)
-        if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.max_steps):
-            self.save_checkpoint()
+        metrics.update(online.importance_metrics(stats["is_raw"], cfg.importance_sampling_cap))
+        online.end_step(self, metrics, timing)
 
     # ----------------------------------------------------------------- saving / resuming
     def save_model(self, path: str | os.PathLike) -> None:
@@ -503,13 +374,10 @@ class GRPOTrainer:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
         path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"  # the same on every process
         state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.state())
+        return run.save_checkpoint(
+            path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.order.state()
+        )
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
-        self.step = state["step"]
-        self.data.load(data)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
-        rollouts.sync_generator(self.generator, self.policy)
+        self.step = online.resume_run(self, path)

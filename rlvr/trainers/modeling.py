@@ -8,7 +8,10 @@ model, the optimizer and schedule, completion log-probabilities, saving the weig
   than fp32).
 - :func:`reference_model`, :func:`make_optimizer`, :func:`make_scheduler`.
 - :func:`selective_log_softmax`, :func:`completion_logprobs`: log-probabilities of given
-  completion tokens after given prompts, computing logits only where they are needed.
+  completion tokens after given prompts (and, for a value head, the hidden states that predict
+  them), in one shared-prefix packed forward: each group's prompt computed once, its
+  completions attending to it through the block-causal mask of :func:`packed_attention_mask`,
+  no padding but at the end of rows, logits only where they are needed.
 - :func:`policy_state_dict` (LoRA merged, Hugging Face names: what a generator loads) and
   :func:`save_policy` (the ``final/`` model, merged, with its tokenizer).
 """
@@ -36,6 +39,7 @@ __all__ = [
     "lr_lambda",
     "make_optimizer",
     "make_scheduler",
+    "packed_attention_mask",
     "policy_state_dict",
     "reference_model",
     "save_policy",
@@ -161,8 +165,11 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     return fn
 
 
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over ``params`` with the config's learning rate, betas and weight decay."""
+def make_optimizer(
+    config: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]], device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW over ``params`` -- parameters, or parameter groups (dicts; a group's own ``lr`` wins) --
+    with the config's learning rate, betas and weight decay."""
     return torch.optim.AdamW(
         params,
         lr=config.learning_rate,
@@ -183,30 +190,100 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.T
     return logits.gather(-1, tokens[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
-def completion_logprobs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float, bf16: bool, device: torch.device
+def packed_attention_mask(
+    prefix_ids: torch.Tensor, sequence_ids: torch.Tensor, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
+    """The block-causal ``[R, 1, W, W]`` attention mask of packed rows (:func:`~rlvr.trainers.rollouts.pack_rollouts`).
+
+    Query ``i`` sees key ``j`` when ``j <= i``, both are in the same segment
+    (``prefix_ids``), and ``j`` is a prompt token (``sequence_ids == 0``) or a token of the same
+    completion: a completion sees its own prompt and its own earlier tokens only. Padding
+    (``prefix_ids == -1``) sees the padding before it, so no row of the mask is empty.
+
+    A Hugging Face model takes a 4D mask as it is, and each attention implementation reads it
+    its own way: ``sdpa`` a bool mask (True: attend), ``eager`` an additive one (0 or the
+    smallest ``dtype`` value), which it adds to the attention scores. Other implementations
+    (``flash_attention_*``, ``flex_attention``) do not take a dense mask of this form.
+    """
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"the packed forward needs attn_implementation 'sdpa' or 'eager', the model has {attn_implementation!r}: "
+            "load it with attn_implementation='sdpa'"
+        )
+    W = prefix_ids.shape[1]
+    causal = torch.ones(W, W, dtype=torch.bool, device=prefix_ids.device).tril()
+    same_segment = prefix_ids[:, :, None] == prefix_ids[:, None, :]
+    visible_key = (sequence_ids[:, None, :] == 0) | (sequence_ids[:, :, None] == sequence_ids[:, None, :])
+    allowed = (causal & same_segment & visible_key)[:, None]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under a ``DistributedDataParallel`` wrapper (a ``PeftModel`` forwards what it lacks to its base)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    bf16: bool,
+    device: torch.device,
+    return_hidden: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities ``[B, C]`` of the completion tokens under ``model`` at ``temperature``.
 
-    ``batch`` holds ``prompt_ids`` / ``prompt_attention_mask`` (each distinct prompt once,
-    left-padded), ``prefix_index`` (each row's prompt) and ``completion_ids`` /
-    ``completion_mask`` (right-padded). Each row is its prompt + completion; logits are
-    computed only at the completion positions (``logits_to_keep``).
+    ``batch`` comes from :func:`rlvr.trainers.rollouts.batch_tensors`. The forward runs over
+    its packed rows: each group's prompt once, followed by its completions, with position ids
+    that restart after the prompt for each completion and the block-causal mask of
+    :func:`packed_attention_mask` (a completion sees its prompt and its own earlier tokens);
+    gradients of every completion flow back into the one prompt computation. This is the
+    computation of one padded row per completion (prompt + completion), without recomputing
+    the prompt and without padding. Logits are computed only at the positions that predict a
+    completion token.
+
+    The result is in the padded layout of ``batch["completion_ids"]``, 0 where
+    ``completion_mask`` is 0. With ``return_hidden`` it is ``(logp, hidden)``, ``hidden``
+    ``[B, C, H]`` the last layer's (normalised) hidden state at the position that predicts
+    completion token t -- the state after prompt + ``c[:t]``, what the LM head reads -- and 0
+    where ``completion_mask`` is 0 (a value head reads it).
+
+    ``model`` may be a causal LM, a ``peft`` model, or a ``DistributedDataParallel`` wrapper of
+    either (the forward goes through the wrapper); ``bf16`` runs it under bf16 autocast.
     """
-    prompt_ids, prompt_attn = batch["prompt_ids"].to(device), batch["prompt_attention_mask"].to(device)
-    idx, comp = batch["prefix_index"].to(device), batch["completion_ids"].to(device)
-    C = comp.shape[1]
-    ids = torch.cat([prompt_ids[idx], comp], dim=1)
-    attn = torch.cat([prompt_attn[idx], batch["completion_mask"].to(device).long()], dim=1)
+    base = _unwrap(model)
+    config = base.config
+    if getattr(config, "final_logit_softcapping", None):
+        raise ValueError(
+            f"{type(base).__name__} caps its logits (final_logit_softcapping), which completion_logprobs does not "
+            "apply: set config.final_logit_softcapping = None or use a model without it"
+        )
+    mask = packed_attention_mask(
+        batch["packed_prefix_ids"].to(device), batch["packed_sequence_ids"].to(device), config._attn_implementation
+    )
+    completion_mask = batch["completion_mask"].to(device) > 0
+    targets = batch["completion_ids"].to(device)[completion_mask]
+    index = batch["packed_target_index"].to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-            logits_to_keep=C + 1,
+        out = model(
+            input_ids=batch["packed_input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=batch["packed_position_ids"].to(device),
+            output_hidden_states=True,
+            logits_to_keep=1,  # the logits this needs are computed below, at the predicting positions only
             use_cache=False,
-        ).logits[:, :-1]
-    return selective_log_softmax(logits.float() / temperature, comp)
+        )
+        last = out.hidden_states[-1]
+        hidden = last.reshape(-1, last.shape[-1]).index_select(0, index)  # [N, H], completion_mask order
+        logits = base.get_output_embeddings()(hidden)
+    logp = selective_log_softmax(logits.float() / temperature, targets)
+    logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp)
+    if not return_hidden:
+        return logp
+    hidden = hidden.new_zeros(*completion_mask.shape, hidden.shape[-1]).masked_scatter(completion_mask[..., None], hidden)
+    return logp, hidden
 
 
 def policy_state_dict(policy: Policy) -> dict[str, torch.Tensor]:

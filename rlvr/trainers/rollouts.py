@@ -11,8 +11,11 @@ generate completions for prompts, score them, and turn them into tensors.
   reward; with ``chunks > 1`` chunk i is scored in a thread while chunk i+1 is generated
   (same weights, so still on-policy). A reward that raises makes its batch ``ERROR``
   outcomes, never zeros.
-- :func:`batch_tensors`: a micro-batch of rollouts as padded tensors (each distinct prompt
-  once), the input of :func:`rlvr.trainers.modeling.completion_logprobs`.
+- :func:`batch_tensors`: a micro-batch of rollouts as tensors: completions right-padded (for
+  the losses) and, through :func:`pack_rollouts`, packed rows in which each group's prompt is
+  computed once and followed by its completions (the input of
+  :func:`rlvr.trainers.modeling.completion_logprobs`); :func:`token_counts`: the positions the
+  training forward computes vs those that carry information.
 - :func:`reward_metrics`: reward mean/std, accuracy, lengths, outcome counts of a batch.
 """
 
@@ -40,12 +43,14 @@ __all__ = [
     "build_generator",
     "generate_and_score",
     "new_timing",
+    "pack_rollouts",
     "reward_metrics",
     "rollout_row",
     "sampling_seed",
     "score_generations",
     "sync_generator",
     "timing_metrics",
+    "token_counts",
 ]
 
 
@@ -206,11 +211,19 @@ def generate_and_score(
 # =======================================================================================
 
 
-def batch_tensors(rollouts: Sequence[Rollout], pad_id: int) -> dict[str, torch.Tensor]:
-    """Padded tensors of a micro-batch: each distinct prompt once (left-padded), completions right-padded.
+def batch_tensors(rollouts: Sequence[Rollout], pad_id: int, max_row_tokens: int = 4096) -> dict[str, torch.Tensor]:
+    """The tensors of a micro-batch: padded completions for the losses, packed rows for the forward.
 
-    ``sampler_logp`` holds the generator's log-probabilities of each completion token (0
-    where the generator gave none).
+    For the trainers' masks and losses (rollout order, right-padded to the longest completion):
+    ``completion_ids`` / ``completion_mask`` ``[B, C]`` and ``sampler_logp`` (the generator's
+    log-probability of each completion token, 0 where it gave none). Each distinct prompt once
+    (consecutive rollouts with the same prompt are a group): ``prompt_ids`` /
+    ``prompt_attention_mask`` (left-padded) and ``prefix_index`` (each rollout's prompt).
+
+    For :func:`~rlvr.trainers.modeling.completion_logprobs`, the packed layout of
+    :func:`pack_rollouts`: ``packed_input_ids``, ``packed_position_ids``, ``packed_prefix_ids``,
+    ``packed_sequence_ids`` ``[R, W]`` and ``packed_target_index`` (one entry per real
+    completion token, in the row-major order of ``completion_mask``).
     """
     prompts: list[list[int]] = []
     prefix_index = []
@@ -235,6 +248,9 @@ def batch_tensors(rollouts: Sequence[Rollout], pad_id: int) -> dict[str, torch.T
         cmask[i, : len(c)] = 1
         if r.generation.logprobs:
             sampler[i, : len(c)] = torch.tensor(r.generation.logprobs[: len(c)])
+    packed = pack_rollouts(
+        [r.generation.prompt_ids for r in rollouts], [r.generation.completion_ids for r in rollouts], pad_id, max_row_tokens
+    )
     return {
         "prompt_ids": prompt_ids,
         "prompt_attention_mask": prompt_attn,
@@ -242,17 +258,126 @@ def batch_tensors(rollouts: Sequence[Rollout], pad_id: int) -> dict[str, torch.T
         "completion_ids": completion_ids,
         "completion_mask": cmask,
         "sampler_logp": sampler,
+        **packed,
     }
+
+
+def pack_rollouts(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, max_row_tokens: int = 4096
+) -> dict[str, torch.Tensor]:
+    """Shared-prefix packing: each group's prompt once, followed by its completions, in a few rows.
+
+    ``prompts[i]`` / ``completions[i]`` are rollout i's token ids; consecutive rollouts with the
+    same prompt are a group. A group becomes one segment ``[prompt, c1, c2, ..., cn]``; the
+    segments are packed first-fit-decreasing into rows as wide as the longest segment, so the
+    only padding is at the end of rows and rows are of similar length. A group longer than
+    ``max_row_tokens`` is split into several segments, each with its own copy of the prompt:
+    the packed forward attends densely over a row (its cost grows with the width squared), and
+    past a few thousand tokens that costs more than computing the prompt again.
+
+    Returns ``[R, W]`` tensors, to be read with the block-causal mask of
+    :func:`~rlvr.trainers.modeling.packed_attention_mask`:
+
+    - ``packed_input_ids``: the tokens (``pad_id`` at the end of rows);
+    - ``packed_position_ids``: ``0 .. len(prompt) - 1`` over a prompt, then restarting at
+      ``len(prompt)`` for each of its completions (what the padded row prompt + completion has);
+    - ``packed_prefix_ids``: the segment a token belongs to, numbered within its row (-1: padding);
+    - ``packed_sequence_ids``: 0 on prompt tokens, k >= 1 on the k-th completion of the row;
+    - ``packed_target_index`` ``[N]``: for each real completion token (rollout-major, then token
+      order: the order of ``completion_mask``'s ones), the flat index ``row * W + column`` of
+      the position that predicts it (the prompt's last token for the first, then the token before).
+    """
+    if max_row_tokens < 1:
+        raise ValueError(f"max_row_tokens must be >= 1, got {max_row_tokens}: pass a positive row width")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"rollout {i} has an empty prompt: its first completion token has nothing to be predicted from")
+    # segments: (first rollout, one past the last rollout) of a run of rollouts sharing a prompt, within max_row_tokens
+    segments: list[tuple[int, int]] = []
+    seg_len: list[int] = []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        same_group = bool(segments) and segments[-1][1] == i and list(prompts[segments[-1][0]]) == list(p)
+        if same_group and seg_len[-1] + len(c) <= max_row_tokens:
+            segments[-1] = (segments[-1][0], i + 1)
+            seg_len[-1] += len(c)
+        else:
+            segments.append((i, i + 1))
+            seg_len.append(len(p) + len(c))
+    width = max(seg_len)
+    rows: list[list[int]] = []  # segment indices per row
+    free: list[int] = []
+    for s in sorted(range(len(segments)), key=lambda s: (-seg_len[s], s)):
+        row = next((r for r, room in enumerate(free) if room >= seg_len[s]), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(s)
+        free[row] -= seg_len[s]
+    rows.sort(key=min)  # rows, and segments within a row, in rollout order
+    R = len(rows)
+    ids = np.full((R, width), pad_id, dtype=np.int64)
+    positions = np.zeros((R, width), dtype=np.int64)
+    prefix_ids = np.full((R, width), -1, dtype=np.int64)
+    sequence_ids = np.zeros((R, width), dtype=np.int64)
+    target_index: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(prompts)
+    for r, row_segments in enumerate(rows):
+        col, seq = 0, 0
+        for k, s in enumerate(sorted(row_segments)):
+            first, end = segments[s]
+            p = prompts[first]
+            ids[r, col : col + len(p)] = p
+            positions[r, col : col + len(p)] = np.arange(len(p))
+            prefix_ids[r, col : col + len(p)] = k
+            last_prompt = col + len(p) - 1
+            col += len(p)
+            for i in range(first, end):
+                c = completions[i]
+                seq += 1
+                ids[r, col : col + len(c)] = c
+                positions[r, col : col + len(c)] = np.arange(len(p), len(p) + len(c))
+                prefix_ids[r, col : col + len(c)] = k
+                sequence_ids[r, col : col + len(c)] = seq
+                # token t is predicted at the prompt's last position (t = 0), then at the token before it
+                cols = np.concatenate([[last_prompt], np.arange(col, col + len(c) - 1)])[: len(c)]
+                target_index[i] = r * width + cols
+                col += len(c)
+    return {
+        "packed_input_ids": torch.from_numpy(ids),
+        "packed_position_ids": torch.from_numpy(positions),
+        "packed_prefix_ids": torch.from_numpy(prefix_ids),
+        "packed_sequence_ids": torch.from_numpy(sequence_ids),
+        "packed_target_index": torch.from_numpy(np.concatenate(target_index)).long(),
+    }
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """``(train_tokens, useful_tokens)`` of a :func:`batch_tensors` micro-batch.
+
+    ``train_tokens``: the positions the training forward computes (the packed rows' total
+    width, padding included); ``useful_tokens``: the positions that carry information (each
+    distinct prompt once, plus the real completion tokens).
+    """
+    useful = int(batch["prompt_attention_mask"].sum()) + int(batch["completion_mask"].sum())
+    return int(batch["packed_input_ids"].numel()), useful
 
 
 def rollout_row(r: Rollout) -> tuple[str, float | None, int, bool, dict[str, float]]:
     """What :func:`reward_metrics` needs from a rollout (small, so processes can gather it):
     status, score, length, truncated, and the outcome's ``sandbox_*`` metrics (code rewards)."""
     sandbox = {k: float(v) for k, v in r.outcome.metrics.items() if k.startswith("sandbox_") and isinstance(v, (int, float))}
-    return r.outcome.status.value, r.outcome.score, len(r.generation.completion_ids), r.generation.finish_reason == "length", sandbox
+    return (
+        r.outcome.status.value,
+        r.outcome.score,
+        len(r.generation.completion_ids),
+        r.generation.finish_reason == "length",
+        sandbox,
+    )
 
 
-def reward_metrics(rows: Sequence[tuple[str, float | None, int, bool, dict[str, float]]], correct_threshold: float) -> dict[str, float]:
+def reward_metrics(
+    rows: Sequence[tuple[str, float | None, int, bool, dict[str, float]]], correct_threshold: float
+) -> dict[str, float]:
     """A batch's reward metrics from :func:`rollout_row` rows.
 
     ``reward_mean`` / ``reward_std`` over OK outcomes; ``accuracy``: the share of ALL

@@ -10,7 +10,8 @@ Plain functions and small classes that a trainer calls explicitly (no base class
   two integers, so a resumed run sees the same data).
 - :func:`choose_run_dir` (one directory for all processes, chosen by process 0),
   :func:`open_run_dir` (created once, ``config.json`` written), :class:`RunLog`
-  (``metrics.jsonl``, TensorBoard / W&B / MLflow, the progress bar).
+  (``metrics.jsonl``, TensorBoard / W&B / MLflow, the progress bar), and
+  :func:`run_training`, the outer loop (evaluate before, train, evaluate after, save).
 - :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: trainable
   weights, optimizer, scheduler, every process's RNG state and its own data order.
 - :func:`plot_curves`: reward and accuracy over steps, with the held-out before/after.
@@ -48,6 +49,7 @@ __all__ = [
     "plot_curves",
     "read_json",
     "read_trainer_state",
+    "run_training",
     "save_checkpoint",
     "seed_everything",
     "truncate_metrics",
@@ -141,7 +143,9 @@ class DataOrder:
 
     def __init__(self, num_items: int, seed: int) -> None:
         if num_items == 0:
-            raise ConfigError("the training data is empty; nothing to train on. Check the environment's train split or the data file")
+            raise ConfigError(
+                "the training data is empty; nothing to train on. Check the environment's train split or the data file"
+            )
         self.num_items, self.seed = num_items, seed
         self.epoch, self.cursor = 0, 0
         self._perm = self._permutation()
@@ -197,6 +201,40 @@ def open_run_dir(
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "config.json", {"trainer": trainer, **config, **({"resolved": resolved} if resolved else {})})
     processes.barrier()
+
+
+def run_training(trainer: Any, resolved: dict[str, Any] | None = None, has_eval: bool = True) -> dict[str, Any]:
+    """The outer loop every trainer runs: open the run directory, evaluate before, train to
+    ``max_steps``, evaluate after, save ``final/``; returns the ``eval.json`` summary.
+
+    ``trainer`` provides ``config`` (with ``max_steps``, ``eval_before``, ``eval_after``,
+    ``save_final_model``, ``to_dict()``), ``name``, ``step``, ``output_dir``, ``processes``,
+    ``log`` (a :class:`RunLog`), ``training_step()``, ``evaluate()`` and ``save_model(path)``.
+    ``has_eval`` is False when there is nothing held out to evaluate on. A resumed run keeps
+    the ``before`` evaluation it already has.
+    """
+    cfg = trainer.config
+    processes = trainer.processes
+    open_run_dir(trainer.output_dir, processes, cfg.to_dict(), trainer.name, resolved)
+    summary: dict[str, Any] = read_json(trainer.output_dir / "eval.json")
+    if has_eval and cfg.eval_before and "before" not in summary and trainer.step == 0:
+        summary["before"] = trainer.evaluate()
+        if processes.is_main:
+            write_json(trainer.output_dir / "eval.json", summary)
+    trainer.log.open(trainer.step)
+    try:
+        while trainer.step < cfg.max_steps:
+            trainer.training_step()
+    finally:
+        trainer.log.close()
+    if has_eval and cfg.eval_after:
+        summary["after"] = trainer.evaluate()
+    summary["steps"] = trainer.step
+    if processes.is_main:
+        write_json(trainer.output_dir / "eval.json", summary)
+    if cfg.save_final_model:
+        trainer.save_model(trainer.output_dir / "final")
+    return summary
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -434,7 +472,9 @@ def load_checkpoint(
     state = json.loads((path / "trainer_state.json").read_text())
     saved_trainer = state.get("trainer", trainer)
     if trainer is not None and saved_trainer != trainer:
-        raise ConfigError(f"checkpoint {path} was written by the {saved_trainer!r} trainer; resume it with --trainer {saved_trainer}")
+        raise ConfigError(
+            f"checkpoint {path} was written by the {saved_trainer!r} trainer; resume it with --trainer {saved_trainer}"
+        )
     saved_world = state.get("world_size", 1)
     if saved_world != processes.world_size:
         raise ConfigError(
@@ -471,35 +511,38 @@ def load_checkpoint(
 # =======================================================================================
 
 
+# what each panel of curves.png shows: the first key the run logs (online methods log reward and
+# accuracy; DPO / KTO / ORPO the loss and the implicit-reward accuracy; the reward model loss and accuracy)
+_LEFT_KEYS = (("reward_mean", "reward"), ("loss", "loss"))
+_RIGHT_KEYS = (("accuracy", "accuracy"), ("rewards/accuracies", "preference accuracy (chosen > rejected)"))
+
+
 def plot_curves(metrics_path: str | Path, out_path: str | Path, eval_summary: dict[str, Any] | None = None) -> None:
-    """Reward and accuracy over steps (with the held-out accuracy before/after when given) to a PNG."""
+    """Two panels over steps -- the reward (or, for methods without one, the loss) and the accuracy (or the
+    preference accuracy) of the training batches -- with the held-out accuracy before/after when given, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "reward_mean" in r and "accuracy" in r]
-    steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(steps, [r["reward_mean"] for r in rows], label="reward (train batch)", alpha=0.5)
-    ax[0].plot(steps, _smooth([r["reward_mean"] for r in rows]), label="reward, smoothed")
-    ax[0].set_xlabel("step")
-    ax[0].set_title("reward")
-    ax[0].legend()
-    ax[1].plot(steps, [r["accuracy"] for r in rows], label="accuracy (train batch)", alpha=0.5)
-    ax[1].plot(steps, _smooth([r["accuracy"] for r in rows]), label="accuracy, smoothed")
-    if eval_summary and "before" in eval_summary and "after" in eval_summary and steps:
-        ax[1].plot(
-            [0, steps[-1]],
-            [eval_summary["before"]["accuracy"], eval_summary["after"]["accuracy"]],
-            "o--",
-            label="held-out accuracy (greedy)",
-        )
-    ax[1].set_xlabel("step")
+    last_step = 0
+    for panel, keys in zip(ax, (_LEFT_KEYS, _RIGHT_KEYS)):
+        key, title = next(((k, t) for k, t in keys if any(isinstance(r.get(k), (int, float)) for r in rows)), keys[0])
+        points = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        last_step = max([last_step, *steps])
+        panel.plot(steps, values, label=f"{title} (train batch)", alpha=0.5)
+        panel.plot(steps, _smooth(values), label=f"{title}, smoothed")
+        panel.set_xlabel("step")
+        panel.set_title(title)
+    before, after = (eval_summary or {}).get("before", {}), (eval_summary or {}).get("after", {})
+    if "accuracy" in before and "accuracy" in after and last_step:
+        ax[1].plot([0, last_step], [before["accuracy"], after["accuracy"]], "o--", label="held-out accuracy (greedy)")
     ax[1].set_ylim(-0.02, 1.02)
-    ax[1].set_title("accuracy")
-    ax[1].legend()
+    for panel in ax:
+        panel.legend()
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
@@ -511,4 +554,3 @@ def _smooth(values: list[float], k: int = 5) -> list[float]:
         window = values[max(0, i - k + 1) : i + 1]
         out.append(sum(window) / len(window))
     return out
-

@@ -1,4 +1,4 @@
-"""GRPO over several processes: two real CPU processes (gloo) started by ``torchrun``.
+"""The online trainers over several processes: two real CPU processes (gloo) started by ``torchrun``.
 
 ``accelerate launch --multi_gpu`` starts processes the same way on GPUs (it runs
 ``torch.distributed.run``); on CPU, ``torchrun`` is the launcher, and the trainer's
@@ -56,14 +56,14 @@ SCRIPT = textwrap.dedent(
             trainer.resume(resume)
         before = digest(trainer.model)
         seen = []  # the training tasks this process drew
-        take = trainer.data.take
+        take = trainer.data.order.take
 
         def tracking_take(k):
             idx = take(k)
-            seen.extend(trainer._shard[i] for i in idx)
+            seen.extend(trainer.data.shard[i] for i in idx)
             return idx
 
-        trainer.data.take = tracking_take
+        trainer.data.order.take = tracking_take
         trainer.train()
         with open(f"{out}/rank{trainer.rank}-{max_steps}.json", "w") as f:
             json.dump({"world": trainer.world_size, "before": before, "after": digest(trainer.model), "seen": seen}, f)
@@ -82,8 +82,9 @@ GRAD_SCRIPT = textwrap.dedent(
     from rlvr.environments.base import Task
     from rlvr.generation import SamplingConfig
     from rlvr.rewards import FunctionReward
-    from rlvr.trainers.grpo_config import GRPOConfig
-    from rlvr.trainers.grpo_trainer import GRPOTrainer
+    import json
+    import warnings
+    from rlvr.registry import load_trainer_class, load_trainer_config
     from rlvr.trainers.rollouts import Rollout, new_timing, score_generations
     from rlvr.trainers.run import finish_processes
 
@@ -91,14 +92,16 @@ GRAD_SCRIPT = textwrap.dedent(
         return float(len(sample.completion) % 3)
 
     if __name__ == "__main__":
-        model_dir, out, loss_type = sys.argv[1], sys.argv[2], sys.argv[3]
+        model_dir, out, name, overrides = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
         tasks = [Task([{"role": "user", "content": f"Say something about {w}."}], w) for w in WORDS[:4]]
-        cfg = GRPOConfig(
+        warnings.simplefilter("ignore", FutureWarning)  # the experimental trainers warn on import
+        config_class = load_trainer_config(name)
+        cfg = config_class(
             generator="hf", model=model_dir, max_steps=1, num_generations=4, generation_batch_size=16,
             max_completion_length=8, micro_batch_size=4, output_dir=out, progress_bar=False, system_prompt=None,
-            bf16=False, loss_type=loss_type, max_grad_norm=0.0, temperature=1.0,
+            bf16=False, max_grad_norm=0.0, temperature=1.0, **overrides,
         )
-        trainer = GRPOTrainer(cfg, reward=FunctionReward(length_reward, name="len"), train_tasks=tasks)
+        trainer = load_trainer_class(config_class)(cfg, reward=FunctionReward(length_reward, name="len"), train_tasks=tasks)
         gens = trainer.generator.generate([t.prompt for t in tasks], 4, SamplingConfig(1.0, 1.0, 0, 8, 1234))
         # uneven lengths, so the two processes hold different token counts
         gens = [
@@ -185,14 +188,26 @@ def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path,
         trainer.resume(ckpt)
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
-def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, loss_type):
+@pytest.mark.parametrize(
+    "trainer, overrides",
+    [
+        ("grpo", {"loss_type": "dapo"}),
+        ("grpo", {"loss_type": "grpo"}),
+        ("grpo", {"loss_type": "bnpo"}),
+        # the step's statistics (advantage normalisation, mean over sequences, KL in the reward) span both processes
+        ("rloo", {"normalize_advantages": True, "beta": 0.05}),
+        ("reinforce_pp", {"beta": 0.05}),
+    ],
+    ids=["grpo-dapo", "grpo-grpo", "grpo-bnpo", "rloo", "reinforce_pp"],
+)
+def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, trainer, overrides):
+    """The same 16 completions trained on by one process, or 8 + 8 by two: the same gradient, for every online trainer."""
     import torch
 
     script = tmp_path / "grad.py"
     script.write_text(GRAD_SCRIPT)
-    python(str(script), str(model_dir), str(tmp_path), loss_type)
-    torchrun(str(script), str(model_dir), str(tmp_path), loss_type)
+    python(str(script), str(model_dir), str(tmp_path), trainer, json.dumps(overrides))
+    torchrun(str(script), str(model_dir), str(tmp_path), trainer, json.dumps(overrides))
     single, double = torch.load(tmp_path / "grad-1.pt"), torch.load(tmp_path / "grad-2.pt")
     assert len(single["lengths"]) > 1  # completions of different lengths: token counts differ between the processes
     g1, g2 = single["grad"], double["grad"]

@@ -1,0 +1,313 @@
+"""The set-up, sampling loop and evaluation every ONLINE trainer (GRPO, RLOO, PPO,
+REINFORCE++) shares, as plain functions a trainer file calls.
+
+- :func:`environment_and_reward`: what ``from_config`` builds from an
+  :class:`~rlvr.trainers.online_config.OnlineConfig` (the environment, and the verifier
+  when one is named).
+- :func:`prepare_tasks` -> :class:`TaskData`: the reward, the training and held-out tasks
+  (the system prompt applied once, so a prompt-aware reward sees what the policy
+  answered), this process's shard of the training tasks and its seeded order.
+- :func:`collect_groups`: one step's scored groups of ``num_generations`` completions,
+  with dynamic sampling (DAPO) when the config asks for it.
+- :func:`evaluate_policy`: greedy held-out evaluation split over the processes.
+- Pieces of a training step that every method runs the same way: :func:`loss_masks`,
+  :func:`token_metrics`, :func:`reference_logprobs` (frozen copy or adapters off),
+  :func:`optimizer_step`, :func:`importance_metrics`, :func:`end_step` (sync, log, checkpoint).
+- :func:`resume_run`: a checkpoint loaded back into a trainer, the generator synced.
+- :func:`resolved_settings`: what ``config.json`` records about the precision and engine
+  actually chosen.
+
+What the methods do with the rollouts (advantages, losses, critics) stays in each method's
+trainer file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlvr.environments.base import Environment, Task
+from rlvr.eval.env import evaluate_environment
+from rlvr.generation import Generator, SamplingConfig
+from rlvr.rewards import Reward, Status
+from rlvr.trainers import modeling, rollouts, run
+from rlvr.trainers.config import ConfigError
+from rlvr.trainers.modeling import Policy
+from rlvr.trainers.online_config import OnlineConfig
+from rlvr.trainers.rollouts import Rollout, sampling_seed
+
+__all__ = [
+    "TaskData",
+    "collect_groups",
+    "end_step",
+    "environment_and_reward",
+    "evaluate_policy",
+    "importance_metrics",
+    "loss_masks",
+    "optimizer_step",
+    "prepare_tasks",
+    "reference_logprobs",
+    "resolved_settings",
+    "resume_run",
+    "token_metrics",
+]
+
+
+@dataclass
+class TaskData:
+    """What an online trainer samples from and evaluates on.
+
+    Attributes:
+        reward: Scores every completion.
+        train_tasks: The training tasks (system prompt applied).
+        eval_tasks: The held-out tasks (system prompt applied, at most ``eval_max_tasks``).
+        shard: Indices of ``train_tasks`` this process draws from.
+        order: This process's seeded order over its shard (part of every checkpoint).
+    """
+
+    reward: Reward
+    train_tasks: list[Task]
+    eval_tasks: list[Task]
+    shard: list[int]
+    order: run.DataOrder
+
+    def take(self, k: int) -> list[Task]:
+        """The next ``k`` training tasks of this process, in its seeded order."""
+        return [self.train_tasks[self.shard[i]] for i in self.order.take(k)]
+
+
+def environment_and_reward(config: OnlineConfig) -> tuple[Environment, Reward | None]:
+    """The config's environment, and its named verifier (None: the environment's own reward scores)."""
+    from rlvr.environments import make_environment
+    from rlvr.registry import load_verifier
+
+    try:
+        env = make_environment(config.env, **config.env_kwargs)
+    except TypeError as exc:  # an option the environment does not take
+        raise ConfigError(
+            f"{type(config).__name__}.env_kwargs: {config.env_kwargs} do not fit environment {config.env!r} ({exc})"
+        ) from None
+    return env, (load_verifier(config.verifier) if config.verifier else None)
+
+
+def prepare_tasks(
+    config: OnlineConfig,
+    processes: run.Processes,
+    env: Environment | None,
+    reward: Reward | None,
+    train_tasks: Sequence[Task] | None,
+    eval_tasks: Sequence[Task] | None,
+    who: str,
+) -> TaskData:
+    """The reward and tasks of a run (``env``'s, or the ones given), this process's shard and order.
+
+    ``who`` names the trainer in the errors (a missing reward or tasks, too few tasks for
+    the processes).
+    """
+    if reward is None and env is None:
+        raise ConfigError(f"{who} needs an env or a reward: pass env=... (its reward scores), or reward=... with train_tasks=...")
+    if train_tasks is None and env is None:
+        raise ConfigError(f"{who} needs training tasks: pass env=... or train_tasks=...")
+    reward = reward if reward is not None else env.reward()
+    # the system prompt is applied once: the policy and a prompt-aware reward see the same prompt
+    train = [t.with_system_prompt(config.system_prompt) for t in (train_tasks if train_tasks is not None else env.tasks("train"))]
+    held_out = eval_tasks if eval_tasks is not None else (env.tasks("test") if env is not None else [])
+    held_out = [t.with_system_prompt(config.system_prompt) for t in held_out][: config.eval_max_tasks]
+    # each process draws from its own shard of the training tasks, in its own seeded order
+    shard = processes.shard(len(train))
+    if not shard:
+        raise ConfigError(
+            f"{len(train)} training task(s) cannot feed {processes.world_size} processes; use fewer processes or more training tasks"
+        )
+    return TaskData(reward, train, held_out, shard, run.DataOrder(len(shard), config.seed + processes.rank))
+
+
+def collect_groups(
+    generator: Generator,
+    data: TaskData,
+    config: OnlineConfig,
+    step: int,
+    processes: run.Processes,
+    metrics: dict[str, Any],
+    timing: dict[str, float],
+) -> list[Rollout]:
+    """One step's scored rollouts, ``num_generations`` per prompt, group-major.
+
+    This process samples ``generation_batch_size / num_generations / world_size`` prompts.
+    With ``dynamic_sampling``, groups whose OK rewards all tie carry no signal: they are
+    dropped and more prompts are sampled, at most ``max_dynamic_sampling_rounds`` rounds;
+    the step trains on what it has then (with several processes, filled up with tied groups
+    so every process runs the same number of backward passes). Logs
+    ``dynamic_sampling_rounds``, ``frac_zero_std_groups`` and ``num_groups`` into ``metrics``.
+    """
+    n = config.num_generations
+    want = config.generation_batch_size // n // processes.world_size  # this process's share
+    kept: list[list[Rollout]] = []
+    dropped: list[list[Rollout]] = []
+    rounds, seen_groups, tie_groups = 0, 0, 0
+    while len(kept) < want and rounds < (config.max_dynamic_sampling_rounds if config.dynamic_sampling else 1):
+        tasks = data.take(want - len(kept))
+        seed = sampling_seed(config.seed, step, rounds, processes.rank)
+        sampling = SamplingConfig(config.temperature, config.top_p, config.top_k, config.max_completion_length, seed)
+        batch = rollouts.generate_and_score(generator, data.reward, tasks, n, sampling, config.reward_overlap_chunks, timing)
+        rounds += 1
+        for g in range(len(tasks)):
+            group = batch[g * n : (g + 1) * n]
+            seen_groups += 1
+            ties = len({r.outcome.score for r in group if r.outcome.status is Status.OK}) <= 1
+            tie_groups += ties
+            (dropped if config.dynamic_sampling and ties else kept).append(group)
+    if not kept:  # every group tied: train on them anyway (their advantages are 0)
+        kept = dropped[:want]
+    elif processes.world_size > 1 and len(kept) < want:
+        # every process must run the same number of backward passes: fill up with tied groups
+        kept += dropped[: want - len(kept)]
+    rounds_sum, seen_groups, tie_groups, num_groups = processes.sum(rounds, seen_groups, tie_groups, len(kept))
+    metrics["dynamic_sampling_rounds"] = rounds if processes.world_size == 1 else rounds_sum / processes.world_size
+    metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
+    metrics["num_groups"] = int(num_groups)
+    return [r for group in kept for r in group]
+
+
+def evaluate_policy(
+    generator: Generator,
+    data: TaskData,
+    config: OnlineConfig,
+    processes: run.Processes,
+    step: int,
+    tasks: Sequence[Task] | None = None,
+) -> dict[str, Any]:
+    """Greedy held-out evaluation (:func:`~rlvr.eval.env.evaluate_environment`) of the generator's current weights,
+    split over the processes; ``tasks`` defaults to the held-out tasks."""
+    start = time.perf_counter()
+    result = evaluate_environment(
+        None,
+        generator,
+        tasks=list(data.eval_tasks if tasks is None else tasks),
+        reward=data.reward,
+        max_new_tokens=config.max_completion_length,
+        temperature=0.0,
+        seed=config.seed,
+        correct_threshold=config.correct_threshold,
+        shard=(processes.rank, processes.world_size),
+        gather=processes.gather,
+    )
+    return {**result, "step": step, "time_s": time.perf_counter() - start}
+
+
+def resume_run(trainer: Any, path: str | os.PathLike) -> int:
+    """Load a checkpoint into an online trainer and return its step.
+
+    ``trainer`` provides ``processes``, ``model``, ``optimizer``, ``scheduler``, ``name``,
+    ``data`` (:class:`TaskData`), ``output_dir``, ``generator`` and ``policy``: the weights,
+    optimizer, schedule, RNG states and data order are restored, metric lines after the
+    step dropped (they are written again), and the generator given the restored weights.
+    """
+    state, order = run.load_checkpoint(path, trainer.processes, trainer.model, trainer.optimizer, trainer.scheduler, trainer.name)
+    trainer.data.order.load(order)
+    if trainer.processes.is_main:
+        run.truncate_metrics(trainer.output_dir / "metrics.jsonl", state["step"])
+    rollouts.sync_generator(trainer.generator, trainer.policy)
+    return int(state["step"])
+
+
+def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
+    """The precision and engine actually chosen (``auto`` resolved), for ``config.json``."""
+    return {
+        "trainer_precision": "bf16 autocast" if policy.bf16 else "fp32",
+        "generator": generator.name,
+        "engine_dtype": getattr(generator, "dtype", "the trainer's model"),
+    }
+
+
+# =======================================================================================
+# Pieces of a training step every online method runs the same way
+# =======================================================================================
+
+
+def loss_masks(
+    micro: Sequence[Sequence[Rollout]], tensors: Sequence[dict[str, torch.Tensor]], mask_truncated: bool
+) -> list[torch.Tensor]:
+    """Each micro-batch's ``[B, C]`` loss mask: its completion tokens, without the truncated
+    completions (those that hit ``max_completion_length``) when ``mask_truncated``."""
+    masks = []
+    for m, t in zip(micro, tensors):
+        mask = t["completion_mask"].clone()
+        if mask_truncated:
+            keep = torch.tensor([r.generation.finish_reason != "length" for r in m], dtype=torch.float32)
+            mask = mask * keep[:, None]
+        masks.append(mask)
+    return masks
+
+
+def token_metrics(tensors: Sequence[dict[str, torch.Tensor]], processes: run.Processes) -> dict[str, int]:
+    """``train_tokens`` (positions the training forwards compute) and ``useful_tokens`` (each
+    distinct prompt once + the real completion tokens) of the step, over every process."""
+    counts = [rollouts.token_counts(t) for t in tensors]
+    train, useful = processes.sum(sum(c[0] for c in counts), sum(c[1] for c in counts))
+    return {"train_tokens": int(train), "useful_tokens": int(useful)}
+
+
+def reference_logprobs(
+    policy: Policy, ref_model: torch.nn.Module | None, tensors: Sequence[dict[str, torch.Tensor]], temperature: float
+) -> list[torch.Tensor]:
+    """The reference model's completion log-probs of each micro-batch, without gradient: the
+    frozen copy ``ref_model``, or under LoRA (``ref_model`` None) the policy with its adapters off."""
+    out = []
+    with torch.no_grad():
+        for t in tensors:
+            if ref_model is not None:
+                out.append(modeling.completion_logprobs(ref_model, t, temperature, policy.bf16, policy.device))
+            else:
+                with policy.model.disable_adapter():
+                    out.append(modeling.completion_logprobs(policy.model, t, temperature, policy.bf16, policy.device))
+    return out
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
+) -> tuple[float, float]:
+    """Clip the gradients of ``model``'s trainable parameters (``max_grad_norm`` 0 = no clip),
+    step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return float(grad_norm), lr
+
+
+def importance_metrics(raw: Sequence[torch.Tensor], cap: float) -> dict[str, float]:
+    """Spread of the generator/trainer importance ratios of a step: mean, 5th and 95th
+    percentiles, and the share above the ``cap``; empty when no ratio was recorded."""
+    if not raw:
+        return {}
+    values = torch.cat([r.flatten() for r in raw]).float()
+    if not values.numel():
+        return {}
+    return {
+        "is_ratio_mean": float(values.mean()),
+        "is_ratio_p5": float(torch.quantile(values, 0.05)),
+        "is_ratio_p95": float(torch.quantile(values, 0.95)),
+        "is_frac_capped": float((values > cap).float().mean()),
+    }
+
+
+def end_step(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) -> None:
+    """Close an optimizer step: give the generator the new weights, add the step's timing,
+    log the metrics line, and write a checkpoint when ``save_steps`` says so (and at the last step).
+
+    ``trainer`` provides ``generator``, ``policy``, ``step``, ``log``, ``config`` and ``save_checkpoint()``.
+    """
+    cfg = trainer.config
+    metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy)
+    metrics["step"] = trainer.step
+    metrics.update(rollouts.timing_metrics(timing))
+    trainer.log.log(metrics, trainer.step)
+    if cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps):
+        trainer.save_checkpoint()
