@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     if "before" in summary and "after" in summary:
         line += f"; held-out accuracy {summary['before']['accuracy']:.1%} -> {summary['after']['accuracy']:.1%}"
     print(line)
+    generator = getattr(trainer, "generator", None)
+    if generator is not None and trainer.processes.world_size == 1:
+        # a colocated vLLM engine set up its own (one-process) process group: it takes it down itself,
+        # before finish_processes, instead of failing on an already destroyed group at interpreter exit
+        generator.close()
     finish_processes()
     return 0
 

@@ -161,6 +161,15 @@ def test_learns_a_separable_preference_and_final_scores(tmp_path, tiny_model_dir
     result = evaluate_preferences(final, load_pairs(held))
     assert result["accuracy"] == 1.0 and result["n_ok"] == 12
 
+    # an online run names it on the command line: --verifier reward_model --verifier_kwargs '{model: DIR}'
+    from rlvr.trainers.grpo_config import GRPOConfig
+    from rlvr.trainers.online import environment_and_reward
+
+    config = GRPOConfig(verifier="reward_model", verifier_kwargs={"model": str(tmp_path / "run" / "final")})
+    _, reward = environment_and_reward(config)
+    assert isinstance(reward, RewardModelReward)
+    assert evaluate_preferences(reward, load_pairs(held))["accuracy"] == 1.0
+
 
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run_with_lora(tmp_path, tiny_model_dir):

@@ -92,7 +92,15 @@ def environment_and_reward(config: OnlineConfig) -> tuple[Environment, Reward | 
         raise ConfigError(
             f"{type(config).__name__}.env_kwargs: {config.env_kwargs} do not fit environment {config.env!r} ({exc})"
         ) from None
-    return env, (load_verifier(config.verifier) if config.verifier else None)
+    if config.verifier_kwargs and not config.verifier:
+        raise ConfigError(f"{type(config).__name__}.verifier_kwargs: given without a verifier; name one with --verifier")
+    try:
+        reward = load_verifier(config.verifier, **config.verifier_kwargs) if config.verifier else None
+    except TypeError as exc:  # an option the verifier does not take
+        raise ConfigError(
+            f"{type(config).__name__}.verifier_kwargs: {config.verifier_kwargs} do not fit verifier {config.verifier!r} ({exc})"
+        ) from None
+    return env, reward
 
 
 def prepare_tasks(

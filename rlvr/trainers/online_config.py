@@ -35,6 +35,8 @@ class OnlineConfig(TrainConfig):
     """Keyword arguments for the environment (e.g. ``{"digits": 2}``)."""
     verifier: str | None = None
     """Score with this registered verifier instead of the environment's own reward."""
+    verifier_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options for the verifier (e.g. ``{"model": "runs/rm/final"}`` for ``--verifier reward_model``)."""
     system_prompt: str | None = None
     """A system message put before every prompt that has none, train and eval alike (the default ``arithmetic`` env brings its own)."""
 
@@ -94,6 +96,9 @@ class OnlineConfig(TrainConfig):
     def check(self) -> None:
         """The shared checks, then generation's and evaluation's."""
         super().check()
+        for name in ("env_kwargs", "verifier_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                self.fail(name, f"must be a mapping of options, e.g. '{{digits: 2}}', got {getattr(self, name)!r}")
         self.check_choice("generator", GENERATORS)
         self.check_choice("vllm_dtype", VLLM_DTYPES)
         self.check_positive("num_generations", "max_completion_length", "reward_overlap_chunks", "max_dynamic_sampling_rounds")
