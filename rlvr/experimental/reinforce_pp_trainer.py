@@ -138,22 +138,11 @@ class ReinforcePPTrainer:
         peft_config: Any = None,
         generator: Generator | None = None,
     ) -> None:
-        self.config = cfg = config
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
-        self.data = online.prepare_tasks(cfg, self.processes, env, reward, train_tasks, eval_tasks, "ReinforcePPTrainer")
-        self.reward, self.eval_tasks = self.data.reward, self.data.eval_tasks
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.ref_model = modeling.reference_model(self.policy) if cfg.beta > 0 else None
-        self.optimizer = modeling.make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.generator = generator if generator is not None else rollouts.build_generator(cfg, self.policy, self.world_size)
-        self.log = run.RunLog(self.output_dir, self.processes, cfg, desc="REINFORCE++")
-        self.history = self.log.history
+        online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = modeling.make_optimizer(config, params, self.device)
+        self.scheduler = modeling.make_scheduler(config, self.optimizer)
+        online.finish_set_up(self, generator, desc="REINFORCE++")
 
     @classmethod
     def from_config(cls, config: ReinforcePPConfig) -> ReinforcePPTrainer:

@@ -226,27 +226,11 @@ class GRPOTrainer:
         peft_config: Any = None,
         generator: Generator | None = None,
     ) -> None:
-        self.config = cfg = config
-        # One process, or one of N started by `torchrun` / `accelerate launch` (data parallel: each
-        # process generates and scores its own prompts, gradients are averaged). GRPOConfig has
-        # already checked that the batch splits into whole groups over WORLD_SIZE.
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
-        self.data = online.prepare_tasks(cfg, self.processes, env, reward, train_tasks, eval_tasks, "GRPOTrainer")
-        self.reward, self.train_tasks, self.eval_tasks = self.data.reward, self.data.train_tasks, self.data.eval_tasks
-
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.ref_model = modeling.reference_model(self.policy) if cfg.beta > 0 else None
+        online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = modeling.make_optimizer(cfg, params, self.device)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.generator = generator if generator is not None else rollouts.build_generator(cfg, self.policy, self.world_size)
-        self.log = run.RunLog(self.output_dir, self.processes, cfg, desc="GRPO")
-        self.history = self.log.history
+        self.optimizer = modeling.make_optimizer(config, params, self.device)
+        self.scheduler = modeling.make_scheduler(config, self.optimizer)
+        online.finish_set_up(self, generator, desc="GRPO")
 
     @classmethod
     def from_config(cls, config: GRPOConfig) -> GRPOTrainer:

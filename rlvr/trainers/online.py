@@ -4,6 +4,8 @@ REINFORCE++) shares, as plain functions a trainer file calls.
 - :func:`environment_and_reward`: what ``from_config`` builds from an
   :class:`~rlvr.trainers.online_config.OnlineConfig` (the environment, and the verifier
   when one is named).
+- :func:`set_up` / :func:`finish_set_up`: a trainer's processes, tasks, policy, reference,
+  run directory, generator and log, before and after its optimizer.
 - :func:`prepare_tasks` -> :class:`TaskData`: the reward, the training and held-out tasks
   (the system prompt applied once, so a prompt-aware reward sees what the policy
   answered), this process's shard of the training tasks and its seeded order.
@@ -43,6 +45,8 @@ from rlvr.trainers.rollouts import Rollout, sampling_seed
 
 __all__ = [
     "TaskData",
+    "finish_set_up",
+    "set_up",
     "collect_groups",
     "end_step",
     "environment_and_reward",
@@ -133,6 +137,48 @@ def prepare_tasks(
             f"{len(train)} training task(s) cannot feed {processes.world_size} processes; use fewer processes or more training tasks"
         )
     return TaskData(reward, train, held_out, shard, run.DataOrder(len(shard), config.seed + processes.rank))
+
+
+def set_up(
+    trainer: Any,
+    config: OnlineConfig,
+    env: Environment | None,
+    reward: Reward | None,
+    train_tasks: Sequence[Task] | None,
+    eval_tasks: Sequence[Task] | None,
+    model: Any,
+    tokenizer: Any,
+    peft_config: Any,
+) -> None:
+    """The first half of an online trainer's set-up, as attributes of ``trainer``.
+
+    ``config``; ``processes`` and ``rank`` / ``world_size`` / ``is_main`` (one process, or one of
+    N started by ``torchrun`` / ``accelerate launch``: data parallel, gradients averaged); the
+    seeds; ``data`` (:class:`TaskData`) with ``reward``, ``train_tasks`` and ``eval_tasks``;
+    ``policy`` with ``model``, ``tokenizer`` and ``device``; ``ref_model`` (a frozen copy of the
+    initial policy when ``config.beta > 0``, None under LoRA or without a KL term). The trainer
+    then builds its optimizer (a method may add parameters: a value head) and calls
+    :func:`finish_set_up`.
+    """
+    trainer.config = config
+    trainer.processes = processes = run.Processes()
+    trainer.rank, trainer.world_size, trainer.is_main = processes.rank, processes.world_size, processes.is_main
+    run.seed_everything(config.seed)
+    trainer.data = prepare_tasks(config, processes, env, reward, train_tasks, eval_tasks, type(trainer).__name__)
+    trainer.reward, trainer.train_tasks, trainer.eval_tasks = trainer.data.reward, trainer.data.train_tasks, trainer.data.eval_tasks
+    trainer.policy = policy = modeling.load_policy(config, processes, model, tokenizer, peft_config)
+    trainer.model, trainer.tokenizer, trainer.device = policy.model, policy.tokenizer, policy.device
+    trainer.ref_model = modeling.reference_model(policy) if getattr(config, "beta", 0) > 0 else None
+
+
+def finish_set_up(trainer: Any, generator: Generator | None, desc: str) -> None:
+    """The second half, after the optimizer: ``step`` 0, ``output_dir`` (one for all processes,
+    nothing created yet), ``generator`` (the one given, or built from the config) and ``log`` / ``history``."""
+    trainer.step = 0
+    trainer.output_dir = run.choose_run_dir(trainer.config.output_dir, trainer.processes)
+    trainer.generator = generator if generator is not None else rollouts.build_generator(trainer.config, trainer.policy, trainer.world_size)
+    trainer.log = run.RunLog(trainer.output_dir, trainer.processes, trainer.config, desc=desc)
+    trainer.history = trainer.log.history
 
 
 def collect_groups(

@@ -352,17 +352,8 @@ class PPOTrainer:
         generator: Generator | None = None,
         critic: torch.nn.Module | str | None = None,
     ) -> None:
-        self.config = cfg = config
-        # one process, or one of N started by torchrun / accelerate launch (data parallel, gradients averaged)
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
-        self.data = online.prepare_tasks(cfg, self.processes, env, reward, train_tasks, eval_tasks, "PPOTrainer")
-        self.reward, self.train_tasks, self.eval_tasks = self.data.reward, self.data.train_tasks, self.data.eval_tasks
-
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.ref_model = modeling.reference_model(self.policy) if cfg.beta > 0 else None
+        cfg = config
+        online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
         self.critic = load_critic(cfg, self.policy, self.processes, critic)
         self.policy_params = [p for p in self.model.parameters() if p.requires_grad]
         self.value_params = [p for m in self.critic.modules() for p in m.parameters() if p.requires_grad]
@@ -370,11 +361,7 @@ class PPOTrainer:
         self.optimizer = modeling.make_optimizer(cfg, groups, self.device)  # two parameter groups: policy, value side
         self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
         self.trained = _Checkpointed(self.model, self.critic)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.generator = generator if generator is not None else rollouts.build_generator(cfg, self.policy, self.world_size)
-        self.log = run.RunLog(self.output_dir, self.processes, cfg, desc="PPO")
-        self.history = self.log.history
+        online.finish_set_up(self, generator, desc="PPO")
 
     @classmethod
     def from_config(cls, config: PPOConfig) -> PPOTrainer:
