@@ -218,9 +218,7 @@ class ORPOTrainer:
             "epoch": self.data.epoch + self.data.cursor / self.data.num_items,
             "step_time_s": time.perf_counter() - start,
         })  # fmt: skip
-        self.log.log(metrics, self.step)
-        if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.max_steps):
-            self.save_checkpoint()
+        run.log_step(self, metrics)
         return metrics
 
     # ----------------------------------------------------------------- saving / resuming

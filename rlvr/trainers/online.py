@@ -358,10 +358,7 @@ def end_step(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) ->
 
     ``trainer`` provides ``generator``, ``policy``, ``step``, ``log``, ``config`` and ``save_checkpoint()``.
     """
-    cfg = trainer.config
     metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy)
     metrics["step"] = trainer.step
     metrics.update(rollouts.timing_metrics(timing))
-    trainer.log.log(metrics, trainer.step)
-    if cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps):
-        trainer.save_checkpoint()
+    run.log_step(trainer, metrics)

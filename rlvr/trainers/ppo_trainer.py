@@ -499,9 +499,7 @@ class PPOTrainer:
         metrics["weight_sync_time_s"] = rollouts.sync_generator(self.generator, self.policy)
         metrics["step"] = self.step
         metrics.update(rollouts.timing_metrics(timing))
-        self.log.log(metrics, self.step)
-        if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.max_steps):
-            self.save_checkpoint()
+        run.log_step(self, metrics)
 
     def _rollout_metrics(
         self,

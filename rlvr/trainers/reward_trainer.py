@@ -324,9 +324,7 @@ class RewardTrainer:
             "train_tokens": int(tokens),
             "step_time_s": time.perf_counter() - start,
         }
-        self.log.log(metrics, self.step)
-        if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == cfg.max_steps):
-            self.save_checkpoint()
+        run.log_step(self, metrics)
         return metrics
 
     def evaluate(self, pairs: Sequence[PreferencePair] | None = None) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "RunLog",
     "choose_run_dir",
     "find_checkpoint",
+    "log_step",
     "finish_processes",
     "load_checkpoint",
     "open_run_dir",
@@ -235,6 +236,16 @@ def run_training(trainer: Any, resolved: dict[str, Any] | None = None, has_eval:
     if cfg.save_final_model:
         trainer.save_model(trainer.output_dir / "final")
     return summary
+
+
+def log_step(trainer: Any, metrics: dict[str, Any]) -> None:
+    """Write the step's metrics line, then a checkpoint when ``save_steps`` says so (every
+    ``save_steps`` steps, and at ``max_steps``). ``trainer`` provides ``config``, ``step``, ``log``
+    and ``save_checkpoint()``."""
+    cfg = trainer.config
+    trainer.log.log(metrics, trainer.step)
+    if cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps):
+        trainer.save_checkpoint()
 
 
 def read_json(path: Path) -> dict[str, Any]:
