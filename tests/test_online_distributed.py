@@ -93,6 +93,7 @@ GRAD_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         model_dir, out, name, overrides = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+        tied = overrides.pop("tied_last", 0)  # this many last completions all score 1.0: whole groups without signal
         tasks = [Task([{"role": "user", "content": f"Say something about {w}."}], w) for w in WORDS[:4]]
         warnings.simplefilter("ignore", FutureWarning)  # the experimental trainers warn on import
         config_class = load_trainer_config(name)
@@ -109,6 +110,7 @@ GRAD_SCRIPT = textwrap.dedent(
             for i, g in enumerate(gens)
         ]
         outcomes, _ = score_generations(trainer.reward, tasks, gens)
+        outcomes = outcomes[: len(outcomes) - tied] + [dataclasses.replace(o, score=1.0) for o in outcomes[len(outcomes) - tied :]]
         rollouts = [Rollout(tasks[g.prompt_index], g, o) for g, o in zip(gens, outcomes)]
         lengths = sorted({len(g.completion_ids) for g in gens})
         share = len(rollouts) // trainer.world_size
@@ -194,11 +196,13 @@ def test_two_processes_train_one_model_on_their_own_prompts_and_resume(tmp_path,
         ("grpo", {"loss_type": "dapo"}),
         ("grpo", {"loss_type": "grpo"}),
         ("grpo", {"loss_type": "bnpo"}),
+        # the second process's groups all tie: it computes no row of its own, yet joins the all-reduce
+        ("grpo", {"loss_type": "dapo", "tied_last": 8}),
         # the step's statistics (advantage normalisation, mean over sequences, KL in the reward) span both processes
         ("rloo", {"normalize_advantages": True, "beta": 0.05}),
         ("reinforce_pp", {"beta": 0.05}),
     ],
-    ids=["grpo-dapo", "grpo-grpo", "grpo-bnpo", "rloo", "reinforce_pp"],
+    ids=["grpo-dapo", "grpo-grpo", "grpo-bnpo", "grpo-tied-process", "rloo", "reinforce_pp"],
 )
 def test_two_process_gradient_is_the_one_process_gradient(tmp_path, model_dir, trainer, overrides):
     """The same 16 completions trained on by one process, or 8 + 8 by two: the same gradient, for every online trainer."""

@@ -114,30 +114,16 @@ class ORPOTrainer:
         reward: Reward | None = None,
         eval_tasks: Sequence[Task] | None = None,
     ) -> None:
-        self.config = cfg = config
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
+        cfg = config
         if not pairs:
             raise ConfigError("ORPOConfig.pairs: no usable preference pair; check the file")
-        self.reward, self.eval_tasks = offline.eval_setup(cfg, env, reward, eval_tasks)
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.optimizer = modeling.make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device)
+        offline.set_up(self, cfg, model, tokenizer, peft_config, env, reward, eval_tasks, reference=False)  # none in ORPO
         mine = [pairs[i] for i in self.processes.shard(len(pairs))]
         self.rows: list[EncodedPair] = offline.encode_pairs(self.tokenizer, mine, cfg.max_length, cfg.max_prompt_length)
         if not self.rows:
             raise ConfigError(f"{len(pairs)} pair(s) cannot feed {self.world_size} processes; use fewer processes or more pairs")
-        if cfg.num_epochs is not None:
-            cfg.max_steps = offline.steps_for_epochs(cfg.num_epochs, len(pairs), cfg.batch_size)
         self.data = run.DataOrder(len(self.rows), cfg.seed + self.rank)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.log = run.RunLog(
-            self.output_dir, self.processes, cfg, desc="ORPO", postfix=("loss", "nll_loss", "rewards/accuracies")
-        )
-        self.history = self.log.history
+        offline.finish_set_up(self, len(pairs), "ORPO", ("loss", "nll_loss", "rewards/accuracies"))
 
     @classmethod
     def from_config(cls, config: ORPOConfig) -> ORPOTrainer:
@@ -228,14 +214,8 @@ class ORPOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.state())
+        return run.checkpoint_trainer(self, path, self.data.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
-        self.step = state["step"]
-        self.data.load(data)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+        self.data.load(run.resume_trainer(self, path))

@@ -263,9 +263,7 @@ class ReinforcePPTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.order.state())
+        return run.checkpoint_trainer(self, path, self.data.order.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["ConfigError", "TrainConfig", "launched_world_size", "REPORT_TO", "SCHEDULERS"]
+__all__ = ["ConfigError", "TrainConfig", "check_batches", "launched_world_size", "REPORT_TO", "SCHEDULERS"]
 
 SCHEDULERS = ("constant", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
@@ -210,6 +210,25 @@ def launched_world_size() -> int:
         return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
     except ValueError:
         return 1
+
+
+def check_batches(config: TrainConfig, unit: str = "pairs") -> None:
+    """The batch checks of a trainer with ``batch_size`` / ``micro_batch_size`` / ``num_epochs``
+    fields: a positive batch that splits into micro-batches on every launched process, and
+    a positive epoch count when one is given. ``unit`` names what a batch counts, in messages."""
+    config.check_positive("batch_size")
+    if config.num_epochs is not None and config.num_epochs <= 0:
+        config.fail("num_epochs", f"must be > 0, got {config.num_epochs}; or leave it out and set max_steps")
+    world = launched_world_size()
+    if config.batch_size % (config.micro_batch_size * world):
+        per = config.micro_batch_size * world
+        lower = max(per, config.batch_size // per * per)
+        where = f" x {world} processes" if world > 1 else ""
+        config.fail(
+            "batch_size",
+            f"{config.batch_size} {unit} do not split into micro-batches of {config.micro_batch_size}{where}; "
+            f"use batch_size {lower} or {lower + per}, or change micro_batch_size",
+        )
 
 
 def _scalar_kinds(hint: Any) -> tuple[type, ...]:

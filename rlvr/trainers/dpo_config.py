@@ -1,9 +1,10 @@
 """``DPOConfig``: every knob of :class:`~rlvr.trainers.dpo_trainer.DPOTrainer`, checked up front.
 
 The fields every method shares (model, seed, optimizer, schedule, precision, LoRA, outputs)
-come from :class:`~rlvr.trainers.config.TrainConfig`; this file adds the preference data,
-DPO's losses, the batch shape, the held-out evaluation on an environment and iterative
-(on-policy) DPO. A bad combination fails in ``__post_init__`` -- before any model loads --
+come from :class:`~rlvr.trainers.config.TrainConfig`, those every offline method shares (the
+data, batch shape and held-out evaluation) from
+:class:`~rlvr.trainers.offline_config.OfflineConfig`; this file adds DPO's losses and
+iterative (on-policy) DPO. A bad combination fails in ``__post_init__`` -- before any model loads --
 with a :class:`ConfigError` naming the field and the fix. ``python -m rlvr.train --trainer
 dpo`` builds this dataclass from a YAML file plus ``--key value`` overrides.
 
@@ -12,10 +13,11 @@ No torch import here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from rlvr.trainers.config import ConfigError, TrainConfig, launched_world_size
+from rlvr.trainers.config import ConfigError, launched_world_size
+from rlvr.trainers.offline_config import OfflineConfig
 
 __all__ = ["ConfigError", "DPOConfig", "DPO_LOSS_TYPES"]
 
@@ -23,18 +25,10 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "sppo_hard")
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(OfflineConfig):
     """Configuration of a DPO run (offline on a pairs file, or iterative on an environment). One line per field."""
 
     trainer: ClassVar[str] = "rlvr.trainers.dpo_trainer:DPOTrainer"
-
-    # --- data -------------------------------------------------------------------------
-    pairs: str | None = None
-    """Preference pairs (``prompt`` / ``chosen`` / ``rejected``): a JSONL, JSON, Parquet or CSV file, or a saved dataset directory."""
-    max_length: int = 512
-    """Most tokens of prompt + completion; longer rows lose the END of the completion."""
-    max_prompt_length: int | None = 256
-    """Most prompt tokens; longer prompts lose their START (None = no prompt limit)."""
 
     # --- DPO --------------------------------------------------------------------------
     loss_type: list[str] | str = "sigmoid"
@@ -47,34 +41,6 @@ class DPOConfig(TrainConfig):
     """Assumed share of flipped labels for ``robust`` (in [0, 0.5))."""
     precompute_ref_log_probs: bool = False
     """Compute the reference log-probs of every pair once before training (same values, one forward less per step)."""
-
-    # --- batches ----------------------------------------------------------------------
-    batch_size: int = 16
-    """Pairs per optimizer step, over all processes."""
-    micro_batch_size: int = 8
-    """Pairs per forward/backward (each forward holds their chosen and rejected rows: 2x this many sequences)."""
-    num_epochs: float | None = None
-    """Passes over the pairs; when set, it decides the step count instead of ``max_steps``."""
-
-    # --- held-out evaluation (and iterative DPO's tasks) ----------------------------------
-    env: str | None = None
-    """Environment for the held-out accuracy before/after (and iterative DPO's prompts): a registered name or ``jsonl:PATH``."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the environment (e.g. ``{"digits": 2}``)."""
-    verifier: str | None = None
-    """Grade with this registered verifier instead of the environment's own reward."""
-    system_prompt: str | None = None
-    """A system message put before every environment prompt that has none (sampling and evaluation alike)."""
-    eval_max_tasks: int = 100
-    """Held-out tasks (the env's ``test`` split, first N) evaluated greedily before and after training."""
-    eval_before: bool = True
-    """Evaluate the initial model before training (needs ``env``)."""
-    eval_after: bool = True
-    """Evaluate the trained model after training (needs ``env``)."""
-    max_completion_length: int = 64
-    """Most new tokens per completion, in evaluation and in iterative DPO's sampling."""
-    correct_threshold: float = 1.0
-    """A completion counts as correct when its reward is at least this."""
 
     # --- iterative (on-policy) DPO ----------------------------------------------------------
     pairs_refresh_steps: int = 0
@@ -91,7 +57,7 @@ class DPOConfig(TrainConfig):
     """Iterative DPO: top-k sampling (0 = off)."""
 
     def check(self) -> None:
-        """The shared checks, then the data, loss, batch, evaluation and iterative ones."""
+        """The shared (and offline) checks, then the loss and iterative ones."""
         super().check()
         if isinstance(self.loss_type, str):
             self.loss_type = [t.strip() for t in self.loss_type.split(",") if t.strip()]
@@ -114,22 +80,9 @@ class DPOConfig(TrainConfig):
             self.fail("beta", f"must be > 0 (0.1 is typical), got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             self.fail("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
-        self.check_positive("max_length", "batch_size", "max_completion_length", "pairs_k", "pairs_prompts")
-        self.check_non_negative("pairs_refresh_steps", "eval_max_tasks", "top_k")
-        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
-            self.fail("max_prompt_length", f"must be in [1, max_length={self.max_length}), got {self.max_prompt_length}; or None")
-        if self.num_epochs is not None and self.num_epochs <= 0:
-            self.fail("num_epochs", f"must be > 0, got {self.num_epochs}; or leave it out and set max_steps")
+        self.check_positive("pairs_k", "pairs_prompts")
+        self.check_non_negative("pairs_refresh_steps", "top_k")
         world = launched_world_size()
-        if self.batch_size % (self.micro_batch_size * world):
-            per = self.micro_batch_size * world
-            lower = max(per, self.batch_size // per * per)
-            where = f" x {world} processes" if world > 1 else ""
-            self.fail(
-                "batch_size",
-                f"{self.batch_size} pairs do not split into micro-batches of {self.micro_batch_size}{where}; "
-                f"use batch_size {lower} or {lower + per}, or change micro_batch_size",
-            )
         iterative = self.pairs_refresh_steps > 0
         if not iterative and not self.pairs:
             self.fail("pairs", "no preference data: pass --pairs FILE, or --env NAME --pairs_refresh_steps K for iterative DPO")

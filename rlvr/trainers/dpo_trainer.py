@@ -177,36 +177,20 @@ class DPOTrainer:
         train_tasks: Sequence[Task] | None = None,
         eval_tasks: Sequence[Task] | None = None,
     ) -> None:
-        self.config = cfg = config
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
+        cfg = config
         self.iterative = cfg.pairs_refresh_steps > 0
-        self.reward, self.eval_tasks = offline.eval_setup(cfg, env, reward, eval_tasks)
-        tasks = list(train_tasks) if train_tasks is not None else (env.tasks("train") if env is not None else [])
-        self.train_tasks = [t.with_system_prompt(cfg.system_prompt) for t in tasks]
-        if self.iterative and (not self.train_tasks or self.reward is None):
-            raise ConfigError("DPOConfig.pairs_refresh_steps: iterative DPO needs training tasks and a reward: pass --env NAME")
         if not self.iterative and not pairs:
             raise ConfigError("DPOConfig.pairs: no usable preference pair; check the file (python -m rlvr.eval preferences)")
-
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.reference = offline.Reference(self.policy, modeling.reference_model(self.policy))
-        self.optimizer = modeling.make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device)
-        self.step = 0
+        tasks = list(train_tasks) if train_tasks is not None else (env.tasks("train") if env is not None else [])
+        if self.iterative and (not tasks or (reward is None and env is None)):
+            raise ConfigError("DPOConfig.pairs_refresh_steps: iterative DPO needs training tasks and a reward: pass --env NAME")
+        offline.set_up(self, cfg, model, tokenizer, peft_config, env, reward, eval_tasks)
+        self.train_tasks = [t.with_system_prompt(cfg.system_prompt) for t in tasks]
         self.pairs_step: int | None = None  # the step whose policy sampled the current pairs (iterative DPO)
         self.rows: list[EncodedPair] = []
         if pairs:
             self._use_pairs([pairs[i] for i in self.processes.shard(len(pairs))], pairs_step=0)  # current from step 0 on
-            if cfg.num_epochs is not None:
-                cfg.max_steps = offline.steps_for_epochs(cfg.num_epochs, len(pairs), cfg.batch_size)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.log = run.RunLog(
-            self.output_dir, self.processes, cfg, desc="DPO", postfix=("loss", "rewards/accuracies", "rewards/margins")
-        )
-        self.history = self.log.history
+        offline.finish_set_up(self, len(pairs or []), "DPO", ("loss", "rewards/accuracies", "rewards/margins"))
 
     @classmethod
     def from_config(cls, config: DPOConfig) -> DPOTrainer:
@@ -362,10 +346,7 @@ class DPOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Weights, optimizer, scheduler, RNG states, step, data order; iterative DPO adds each process's current pairs."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        data = {**self.data.state(), "pairs_step": self.pairs_step}
-        path = run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, data)
+        path = run.checkpoint_trainer(self, path, {**self.data.state(), "pairs_step": self.pairs_step})
         if self.iterative:
             with open(path / _pairs_file(self.rank), "w") as f:
                 for p in self.pairs:
@@ -375,15 +356,12 @@ class DPOTrainer:
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
-        self.step = state["step"]
+        data = run.resume_trainer(self, path)
         saved = run.find_checkpoint(path) / _pairs_file(self.rank)
         if self.iterative and saved.exists():
             rows = [json.loads(line) for line in saved.read_text().splitlines() if line.strip()]
             self._use_pairs([PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows], data.get("pairs_step"))
         self.data.load(data)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
 
 
 class _RecordingReward:

@@ -45,6 +45,8 @@ class GRPOConfig(OnlineConfig):
     """KL coefficient to the reference (initial) model; 0 = no reference model is loaded."""
     num_iterations: int = 1
     """Optimizer steps on each generation batch (mu in the GRPO paper)."""
+    skip_zero_advantage: bool = True
+    """With ``beta`` 0, leave rows of advantage 0 (tied groups) out of the forward/backward: their gradient is exactly 0. False computes them (ratio/IS metrics then cover every row)."""
 
     def check(self) -> None:
         """The shared checks (:class:`~rlvr.trainers.online_config.OnlineConfig`), then GRPO's."""

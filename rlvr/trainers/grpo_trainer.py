@@ -18,7 +18,11 @@ One optimizer step (``GRPOTrainer.train``):
    rounds, then train on what there is.
 5. **Advantages** (:func:`group_advantages`): reward minus the group mean, divided by the
    group std, the batch std, or nothing (``scale_rewards``).
-6. **Loss**, for ``num_iterations`` optimizer steps on this batch, in micro-batches:
+6. **Loss**, for ``num_iterations`` optimizer steps on this batch, in micro-batches. With
+   ``beta`` 0 a row of advantage 0 (a group whose completions all tie) has loss and gradient
+   exactly 0, so it is left out of the forward/backward passes (``skip_zero_advantage``,
+   :func:`rlvr.trainers.online.rows_to_train`; ``skipped_rows`` in the metrics); the
+   normalisers still count it, so the gradient is the one computing it would give:
 
    - ``logp``: the trainer's log-probabilities of the completion tokens (``logits / T``).
    - ``old_logp``: the same under the weights that sampled the batch. In the first
@@ -98,8 +102,9 @@ def group_advantages(
     centered = (r - mean[:, None]) * v
     group_std = ((centered**2).sum(1) / (count - 1).clamp(min=1)).sqrt()
     zero_std = (count < 2) | (group_std < 1e-12)
+    centered = torch.where(zero_std[:, None], 0.0, centered)  # a tie is exactly 0, not round-off of r - mean
     if scale_rewards == "group":
-        adv = centered / torch.where(zero_std, 1.0, group_std + eps)[:, None]  # tied groups: centred is 0 already
+        adv = centered / torch.where(zero_std, 1.0, group_std + eps)[:, None]  # tied groups: centred is 0
     elif scale_rewards == "batch":
         flat = r.flatten()[v.flatten() > 0]
         batch_std = flat.std() if flat.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
@@ -158,6 +163,7 @@ def aggregate_loss(
     max_completion_length: int,
     num_sequences: int | None = None,
     num_tokens: float | None = None,
+    micro_batch: tuple[int, float] | None = None,
 ) -> torch.Tensor:
     """Reduce a ``[B, T]`` per-token loss over the completion ``mask``.
 
@@ -170,6 +176,8 @@ def aggregate_loss(
     - ``dapo``: token sum / ``num_tokens`` (every token of the step weighs the same).
     - ``bnpo``: this micro-batch's token mean, weighted by its share of the sequences
       (``B / num_sequences``); equal to ``dapo`` when the step is one micro-batch.
+      ``micro_batch`` = ``(sequences, tokens)`` of the whole micro-batch when rows of zero
+      loss were left out of this one (default: this batch's own counts).
     """
     mask = mask.to(per_token_loss.dtype)
     batch = per_token_loss.shape[0]
@@ -183,7 +191,8 @@ def aggregate_loss(
     if loss_type == "dapo":
         return summed / max(num_tokens, 1.0)
     if loss_type == "bnpo":
-        return summed / mask.sum().clamp(min=1) * (batch / num_sequences)
+        micro_sequences, micro_tokens = micro_batch if micro_batch is not None else (batch, float(mask.sum()))
+        return summed / max(micro_tokens, 1.0) * (micro_sequences / num_sequences)
     raise ValueError(f"loss_type must be grpo, dr_grpo, dapo or bnpo, got {loss_type!r}")
 
 
@@ -195,6 +204,7 @@ def aggregate_loss(
 _BATCH_KEYS = (
     "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
     "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds", "train_tokens", "useful_tokens",
+    "skipped_rows",
 )  # fmt: skip
 
 
@@ -270,17 +280,26 @@ class GRPOTrainer:
         rows = self.processes.gather([rollouts.rollout_row(r) for r in batch])
         metrics.update(rollouts.reward_metrics(rows, cfg.correct_threshold))
 
-        mbs = cfg.micro_batch_size
-        micro = [batch[i : i + mbs] for i in range(0, len(batch), mbs)]
-        tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
-        adv_chunks = [advantages[i : i + mbs] for i in range(0, len(batch), mbs)]
-        loss_masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
         # the whole step's counts, over every process: each process's loss is its share of the
         # step's loss, times world_size because DistributedDataParallel averages gradients
-        num_sequences, num_tokens = self.processes.sum(len(batch), sum(float(m.sum()) for m in loss_masks))
+        mbs = cfg.micro_batch_size
+        tokens = online.loss_token_counts(batch, cfg.mask_truncated_completions)
+        num_sequences, num_tokens = self.processes.sum(len(batch), float(tokens.sum()))
         num_sequences = int(num_sequences)
         scale = float(self.world_size)
+        # a row of advantage 0 with no KL term has loss and gradient exactly 0: not computed
+        train = advantages != 0 if cfg.skip_zero_advantage and cfg.beta == 0 else torch.ones(len(batch), dtype=torch.bool)
+        lengths = [len(r.generation.completion_ids) for r in batch]
+        chunks = online.rows_to_train(train, mbs, lengths, self.world_size)
+        micro = [[batch[i] for i in c] for c in chunks]
+        tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
+        adv_chunks = [advantages[c] for c in chunks]
+        whole = [tokens[c[0] // mbs * mbs :][:mbs] for c in chunks]  # each micro-batch before rows were left out
+        whole = [(len(w), float(w.sum())) for w in whole]  # bnpo normalises by its counts
+        loss_masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
+        skipped_tokens = float(tokens.sum()) - sum(float(m.sum()) for m in loss_masks)
         metrics.update(online.token_metrics(tensors, self.processes))
+        metrics["skipped_rows"] = int(self.processes.sum(len(batch) - sum(len(c) for c in chunks))[0])
 
         ref_logps = online.reference_logprobs(self.policy, self.ref_model, tensors, cfg.temperature) if cfg.beta > 0 else []
 
@@ -313,12 +332,17 @@ class GRPOTrainer:
                         kl = k3_kl(logp, ref_logps[j].to(logp.device))
                         per_token = per_token + cfg.beta * kl
                         stats["kl"].append(((kl.detach() * mask).sum(), mask.sum()))
-                    loss = aggregate_loss(per_token, mask, cfg.loss_type, cfg.max_completion_length, num_sequences, num_tokens)
+                    loss = aggregate_loss(
+                        per_token, mask, cfg.loss_type, cfg.max_completion_length, num_sequences, num_tokens, whole[j]
+                    )
                     (loss * scale).backward()
                 total_loss += float(loss.detach())
                 stats["clip_low"].append((clip_low.float() * mask).sum())
                 stats["clip_high"].append((clip_high.float() * mask).sum())
                 stats["mask"].append(mask.sum())
+            stats["mask"].append(skipped_tokens)  # rows left out count in the clip ratios' denominators
+            if not tensors:
+                online.zero_missing_grads(self.model)  # AdamW moves on zero gradients, as if they were computed
             (total_loss,) = self.processes.sum(total_loss)  # each process's share of the step's loss
             metrics["grad_norm"], metrics["lr"] = online.optimizer_step(
                 self.model, self.optimizer, self.scheduler, cfg.max_grad_norm
@@ -356,11 +380,7 @@ class GRPOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"  # the same on every process
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(
-            path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.order.state()
-        )
+        return run.checkpoint_trainer(self, path, self.data.order.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

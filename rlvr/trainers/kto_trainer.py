@@ -129,13 +129,9 @@ class KTOTrainer:
         reward: Reward | None = None,
         eval_tasks: Sequence[Task] | None = None,
     ) -> None:
-        self.config = cfg = config
-        self.processes = run.Processes()
-        self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
-        run.seed_everything(cfg.seed)
+        cfg = config
         if not labels:
             raise ConfigError("KTOConfig.labels: no usable example; check the file")
-        self.reward, self.eval_tasks = offline.eval_setup(cfg, env, reward, eval_tasks)
         n_d = sum(bool(lab.desirable) for lab in labels)
         balance = desirable_balance(n_d, len(labels) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
         if not BALANCE_RANGE[0] <= balance <= BALANCE_RANGE[1]:
@@ -151,24 +147,15 @@ class KTOTrainer:
                 "recommended [1, 4/3]; %s",
                 n_d, n_u, balance, hint,
             )  # fmt: skip
-        self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
-        self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        self.reference = offline.Reference(self.policy, modeling.reference_model(self.policy))
-        self.optimizer = modeling.make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad], self.device)
+        offline.set_up(self, cfg, model, tokenizer, peft_config, env, reward, eval_tasks)
         mine = [labels[i] for i in self.processes.shard(len(labels))]
         self.rows: list[EncodedLabel] = offline.encode_labels(self.tokenizer, mine, cfg.max_length, cfg.max_prompt_length)
         if not self.rows:
             raise ConfigError(
                 f"{len(labels)} example(s) cannot feed {self.world_size} processes; use fewer processes or more data"
             )
-        if cfg.num_epochs is not None:
-            cfg.max_steps = offline.steps_for_epochs(cfg.num_epochs, len(labels), cfg.batch_size)
         self.data = run.DataOrder(len(self.rows), cfg.seed + self.rank)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.log = run.RunLog(self.output_dir, self.processes, cfg, desc="KTO", postfix=("loss", "kl", "rewards/margins"))
-        self.history = self.log.history
+        offline.finish_set_up(self, len(labels), "KTO", ("loss", "kl", "rewards/margins"))
 
     @classmethod
     def from_config(cls, config: KTOConfig) -> KTOTrainer:
@@ -278,14 +265,8 @@ class KTOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.state())
+        return run.checkpoint_trainer(self, path, self.data.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, data = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
-        self.step = state["step"]
-        self.data.load(data)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+        self.data.load(run.resume_trainer(self, path))

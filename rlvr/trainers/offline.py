@@ -35,6 +35,9 @@ Plain functions, called explicitly by each trainer (no base class):
   :class:`~rlvr.generation.HFGenerator` on the live policy, split over the processes, like
   ``GRPOTrainer.evaluate``.
 - :func:`steps_for_epochs`: ``num_epochs`` as optimizer steps.
+- :func:`set_up` / :func:`finish_set_up`: a trainer's processes, seeds, held-out evaluation,
+  policy and reference, then (once its data is encoded) its optimizer, schedule, run
+  directory and log.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from rlvr.environments.base import Environment, Task
 from rlvr.generation import HFGenerator, encode_prompt
 from rlvr.preferences import Label, LoadReport, PairsError, PreferencePair, load_labels, load_pairs, unpair
 from rlvr.rewards import Reward
+from rlvr.trainers import modeling, run
 from rlvr.trainers.config import ConfigError
 from rlvr.trainers.modeling import Policy, selective_log_softmax
 from rlvr.trainers.run import Processes
@@ -300,6 +304,57 @@ class Reference:
             out.append(sums.float().cpu().view(columns, len(part)).T)
         self.table = torch.cat(out) if out else torch.zeros(0, columns)
         return self.table
+
+
+# =======================================================================================
+# Set-up
+# =======================================================================================
+
+
+def set_up(
+    trainer: Any,
+    config: Any,
+    model: Any,
+    tokenizer: Any,
+    peft_config: Any,
+    env: Environment | None,
+    reward: Reward | None,
+    eval_tasks: Sequence[Task] | None,
+    reference: bool = True,
+) -> None:
+    """The first half of an offline trainer's set-up, as attributes of ``trainer``.
+
+    ``config``; ``processes`` and ``rank`` / ``world_size`` / ``is_main``; the seeds;
+    ``reward`` and ``eval_tasks`` (:func:`eval_setup`); ``policy`` with ``model``,
+    ``tokenizer`` and ``device``; with ``reference``, ``reference`` (:class:`Reference`: a
+    frozen copy of the initial policy, or the adapter-disabled policy under LoRA). The trainer
+    then encodes its data and calls :func:`finish_set_up`.
+    """
+    trainer.config = config
+    trainer.processes = processes = run.Processes()
+    trainer.rank, trainer.world_size, trainer.is_main = processes.rank, processes.world_size, processes.is_main
+    run.seed_everything(config.seed)
+    trainer.reward, trainer.eval_tasks = eval_setup(config, env, reward, eval_tasks)
+    trainer.policy = policy = modeling.load_policy(config, processes, model, tokenizer, peft_config)
+    trainer.model, trainer.tokenizer, trainer.device = policy.model, policy.tokenizer, policy.device
+    if reference:
+        trainer.reference = Reference(policy, modeling.reference_model(policy))
+
+
+def finish_set_up(trainer: Any, num_items: int, desc: str, postfix: tuple[str, ...]) -> None:
+    """The second half: ``max_steps`` from ``num_epochs`` over ``num_items`` (when set),
+    ``optimizer`` (AdamW over the trainable parameters), ``scheduler``, ``step`` 0, ``output_dir``
+    (one for all processes, nothing created yet) and ``log`` / ``history`` (the progress bar's
+    ``desc`` and ``postfix`` metrics)."""
+    cfg = trainer.config
+    if cfg.num_epochs is not None and num_items:
+        cfg.max_steps = steps_for_epochs(cfg.num_epochs, num_items, cfg.batch_size)
+    trainer.optimizer = modeling.make_optimizer(cfg, [p for p in trainer.model.parameters() if p.requires_grad], trainer.device)
+    trainer.scheduler = modeling.make_scheduler(cfg, trainer.optimizer)
+    trainer.step = 0
+    trainer.output_dir = run.choose_run_dir(cfg.output_dir, trainer.processes)
+    trainer.log = run.RunLog(trainer.output_dir, trainer.processes, cfg, desc=desc, postfix=postfix)
+    trainer.history = trainer.log.history
 
 
 # =======================================================================================

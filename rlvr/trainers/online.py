@@ -13,7 +13,8 @@ REINFORCE++) shares, as plain functions a trainer file calls.
   with dynamic sampling (DAPO) when the config asks for it.
 - :func:`evaluate_policy`: greedy held-out evaluation split over the processes.
 - Pieces of a training step that every method runs the same way: :func:`loss_masks`,
-  :func:`token_metrics`, :func:`reference_logprobs` (frozen copy or adapters off),
+  :func:`loss_token_counts`, :func:`rows_to_train` (rows whose gradient is exactly 0 cost
+  nothing), :func:`zero_missing_grads`, :func:`token_metrics`, :func:`reference_logprobs` (frozen copy or adapters off),
   :func:`optimizer_step`, :func:`importance_metrics`, :func:`end_step` (sync, log, checkpoint).
 - :func:`resume_run`: a checkpoint loaded back into a trainer, the generator synced.
 - :func:`resolved_settings`: what ``config.json`` records about the precision and engine
@@ -53,12 +54,15 @@ __all__ = [
     "evaluate_policy",
     "importance_metrics",
     "loss_masks",
+    "loss_token_counts",
     "optimizer_step",
     "prepare_tasks",
     "reference_logprobs",
     "resolved_settings",
     "resume_run",
+    "rows_to_train",
     "token_metrics",
+    "zero_missing_grads",
 ]
 
 
@@ -254,20 +258,18 @@ def evaluate_policy(
     return {**result, "step": step, "time_s": time.perf_counter() - start}
 
 
-def resume_run(trainer: Any, path: str | os.PathLike) -> int:
+def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> int:
     """Load a checkpoint into an online trainer and return its step.
 
-    ``trainer`` provides ``processes``, ``model``, ``optimizer``, ``scheduler``, ``name``,
-    ``data`` (:class:`TaskData`), ``output_dir``, ``generator`` and ``policy``: the weights,
-    optimizer, schedule, RNG states and data order are restored, metric lines after the
-    step dropped (they are written again), and the generator given the restored weights.
+    ``trainer`` provides ``processes``, ``model`` (or ``model`` is given: PPO's policy with its
+    value head), ``optimizer``, ``scheduler``, ``name``, ``data`` (:class:`TaskData`),
+    ``output_dir``, ``generator`` and ``policy``: the weights, optimizer, schedule, RNG states
+    and data order are restored (:func:`rlvr.trainers.run.resume_trainer`) and the generator
+    given the restored weights.
     """
-    state, order = run.load_checkpoint(path, trainer.processes, trainer.model, trainer.optimizer, trainer.scheduler, trainer.name)
-    trainer.data.order.load(order)
-    if trainer.processes.is_main:
-        run.truncate_metrics(trainer.output_dir / "metrics.jsonl", state["step"])
+    trainer.data.order.load(run.resume_trainer(trainer, path, model))
     rollouts.sync_generator(trainer.generator, trainer.policy)
-    return int(state["step"])
+    return trainer.step
 
 
 def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
@@ -282,6 +284,53 @@ def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
 # =======================================================================================
 # Pieces of a training step every online method runs the same way
 # =======================================================================================
+
+
+def loss_token_counts(batch: Sequence[Rollout], mask_truncated: bool) -> torch.Tensor:
+    """Each rollout's number of loss tokens -- what its row of :func:`loss_masks` sums to: its
+    completion's length, or 0 for a truncated completion when ``mask_truncated`` -- without
+    building any tensor of the batch."""
+    return torch.tensor(
+        [
+            0.0 if mask_truncated and r.generation.finish_reason == "length" else float(len(r.generation.completion_ids))
+            for r in batch
+        ]
+    )
+
+
+def rows_to_train(
+    train: torch.Tensor, micro_batch_size: int, lengths: Sequence[int], world_size: int
+) -> list[list[int]]:
+    """The micro-batches (lists of row indices) a step's forward/backward passes compute.
+
+    Rows are chunked by ``micro_batch_size`` as always; rows where ``train`` is False are left
+    out of their chunk, and chunks left empty are dropped. The caller marks False only rows
+    whose loss and gradient are exactly 0 -- an advantage of 0 and no other loss term -- so
+    the gradient is the same, bit for bit in exact arithmetic, as computing them: a GRPO group
+    whose completions all score the same (every one right, or every one wrong) costs no
+    forward or backward pass. Normalisers that count rows or tokens must still count every
+    row (the caller does, from :func:`loss_token_counts`).
+
+    With several processes each must take part in the gradient all-reduce, so a process with
+    no row left keeps one -- its shortest (``lengths``) -- whose gradient is exactly 0.
+    """
+    n = len(train)
+    chunks = [
+        [i for i in range(start, min(start + micro_batch_size, n)) if bool(train[i])] for start in range(0, n, micro_batch_size)
+    ]
+    chunks = [c for c in chunks if c]
+    if not chunks and world_size > 1 and n:
+        chunks = [[min(range(n), key=lambda i: lengths[i])]]
+    return chunks
+
+
+def zero_missing_grads(model: torch.nn.Module) -> None:
+    """Give every trainable parameter without a gradient a zero one: a step whose every row
+    was left out (:func:`rows_to_train`) then moves AdamW's moments and step count exactly as
+    a step of zero gradients computed the long way does."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def loss_masks(

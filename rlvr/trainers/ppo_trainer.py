@@ -619,17 +619,8 @@ class PPOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: policy, value head and critic weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"  # the same on every process
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(
-            path, self.processes, self.trained, self.optimizer, self.scheduler, state, self.data.order.state()
-        )
+        return run.checkpoint_trainer(self, path, self.data.order.state(), model=self.trained)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, data = run.load_checkpoint(path, self.processes, self.trained, self.optimizer, self.scheduler, self.name)
-        self.step = state["step"]
-        self.data.order.load(data)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
-        rollouts.sync_generator(self.generator, self.policy)
+        self.step = online.resume_run(self, path, model=self.trained)

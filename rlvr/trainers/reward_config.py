@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from rlvr.trainers.config import ConfigError, TrainConfig, launched_world_size
+from rlvr.trainers.config import ConfigError, TrainConfig, check_batches
 
 __all__ = ["ConfigError", "RewardConfig"]
 
@@ -75,18 +75,7 @@ class RewardConfig(TrainConfig):
             self.fail(
                 "center_rewards_coefficient", f"must be >= 0 (0.01 is typical) or None, got {self.center_rewards_coefficient}"
             )
-        self.check_positive("max_length", "batch_size", "eval_batch_size")
+        self.check_positive("max_length", "eval_batch_size")
         if self.max_length < 8:
             self.fail("max_length", f"{self.max_length} tokens cannot hold a prompt and a completion; use 512 or so")
-        if self.num_epochs is not None and self.num_epochs <= 0:
-            self.fail("num_epochs", f"must be > 0, got {self.num_epochs}; or leave it out and set max_steps")
-        world = launched_world_size()
-        if self.batch_size % (self.micro_batch_size * world):
-            per = self.micro_batch_size * world
-            lower = max(per, self.batch_size // per * per)
-            where = f" x {world} processes" if world > 1 else ""
-            self.fail(
-                "batch_size",
-                f"{self.batch_size} pairs do not split into micro-batches of {self.micro_batch_size}{where}; "
-                f"use batch_size {lower} or {lower + per}, or change micro_batch_size",
-            )
+        check_batches(self, "pairs")

@@ -231,8 +231,6 @@ class RewardTrainer:
                 f"RewardConfig.max_length: every training pair is longer than {cfg.max_length} tokens; raise max_length"
             )
         self.num_train_pairs = len(rows)
-        if cfg.num_epochs is not None:
-            cfg.max_steps = offline.steps_for_epochs(cfg.num_epochs, len(rows), cfg.batch_size)
         self.rows = [rows[i] for i in self.processes.shard(len(rows))]  # this process's share
         self.data = run.DataOrder(len(self.rows), cfg.seed + self.rank)
 
@@ -249,13 +247,7 @@ class RewardTrainer:
             )  # fmt: skip
         self.policy = modeling.load_policy(cfg, self.processes, model, tokenizer, peft_config)
         self.model, self.tokenizer, self.device = self.policy.model, self.policy.tokenizer, self.policy.device
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = modeling.make_optimizer(cfg, params, self.device)
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
-        self.step = 0
-        self.output_dir = run.choose_run_dir(cfg.output_dir, self.processes)
-        self.log = run.RunLog(self.output_dir, self.processes, cfg, desc="reward", postfix=("loss", "accuracy", "margin_mean"))
-        self.history = self.log.history
+        offline.finish_set_up(self, len(rows), "reward", ("loss", "accuracy", "margin_mean"))
 
     @classmethod
     def from_config(cls, config: RewardConfig) -> RewardTrainer:
@@ -363,17 +355,11 @@ class RewardTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"  # the same on every process
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.state())
+        return run.checkpoint_trainer(self, path, self.data.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""
-        state, order = run.load_checkpoint(path, self.processes, self.model, self.optimizer, self.scheduler, self.name)
-        self.data.load(order)
-        if self.is_main:
-            run.truncate_metrics(self.output_dir / "metrics.jsonl", state["step"])
-        self.step = int(state["step"])
+        self.data.load(run.resume_trainer(self, path))
 
 
 def _model_path(model: str | None, config: RewardConfig) -> str:

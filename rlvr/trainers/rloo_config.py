@@ -36,6 +36,8 @@ class RLOOConfig(OnlineConfig):
     """Upper clip of the sequence-level ratio: above ``1 + epsilon_high`` it is clipped (None = ``epsilon``)."""
     num_iterations: int = 1
     """Optimizer steps on each generation batch (the ratio moves away from 1 after the first)."""
+    skip_zero_advantage: bool = True
+    """Leave sequences of advantage 0 (no baseline, tied group, not OK) out of the forward/backward: their gradient is exactly 0. False computes them (entropy/IS metrics then cover every row)."""
     normalize_advantages: bool = False
     """Divide the leave-one-out advantages by their standard deviation over the whole step (after removing its mean)."""
     reward_clip_range: list[float] | None = None

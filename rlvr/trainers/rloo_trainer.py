@@ -20,7 +20,9 @@ One optimizer step (``RLOOTrainer.training_step``):
    ``exp(sum_t logp - sum_t logp_old)``, clipped to ``[1 - epsilon, 1 + epsilon_high]``,
    times the advantage; the mean over the step's sequences. The generator/trainer mismatch
    is corrected per sequence (:func:`sequence_importance_weights`,
-   ``min(exp(sum_t logp_old - logp_sampler), cap)``).
+   ``min(exp(sum_t logp_old - logp_sampler), cap)``). A sequence of advantage 0 (a tied
+   group without KL, a group without a baseline, a not-OK outcome) has loss and gradient
+   exactly 0 and is left out of the forward/backward passes (``skip_zero_advantage``).
 5. **Sync** the generator's weights.
 
 Compared with GRPO (:mod:`rlvr.trainers.grpo_trainer`): the baseline excludes the
@@ -167,7 +169,7 @@ def sequence_importance_weights(
 _BATCH_KEYS = (
     "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
     "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds", "train_tokens", "useful_tokens",
-    "frac_usable_groups", "advantage_mean", "advantage_std", "kl", "kl_penalized_reward_mean",
+    "skipped_rows", "frac_usable_groups", "advantage_mean", "advantage_std", "kl", "kl_penalized_reward_mean",
 )  # fmt: skip
 
 
@@ -243,10 +245,9 @@ class RLOOTrainer:
         micro = [batch[i : i + mbs] for i in range(0, len(batch), mbs)]
         tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
         masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
-        metrics.update(online.token_metrics(tensors, self.processes))
 
         # the KL penalty needs the sampling weights' and the reference's log-probs BEFORE any update
-        old_logps: list[torch.Tensor | None] = [None] * len(micro)
+        old_logps: list[torch.Tensor] = []
         ref_logps: list[torch.Tensor] = []
         if cfg.beta > 0:
             with torch.no_grad():
@@ -294,7 +295,23 @@ class RLOOTrainer:
         # so each process's loss is scaled by world_size
         (num_sequences,) = self.processes.sum(len(batch))
         scale = float(self.world_size)
-        adv_chunks = [advantages[i : i + mbs] for i in range(0, len(batch), mbs)]
+        # the loss only counts sequences with an advantage: the others (advantage 0) have loss
+        # and gradient exactly 0 and are not computed
+        train = advantages != 0 if cfg.skip_zero_advantage else torch.ones(len(batch), dtype=torch.bool)
+        if cfg.beta > 0:
+            seq_old_all = torch.cat([(o.cpu() * m).sum(-1) for o, m in zip(old_logps, masks)])
+        chunks = online.rows_to_train(train, mbs, [len(r.generation.completion_ids) for r in batch], self.world_size)
+        metrics["skipped_rows"] = int(self.processes.sum(len(batch) - sum(len(c) for c in chunks))[0])
+        if chunks != [list(range(i, min(i + mbs, len(batch)))) for i in range(0, len(batch), mbs)]:
+            micro = [[batch[i] for i in c] for c in chunks]
+            tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
+            masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
+        metrics.update(online.token_metrics(tensors, self.processes))
+        adv_chunks = [advantages[c] for c in chunks]
+        # the sampling weights' sequence log-probs: from the KL pass above, else the first iteration's forward
+        seq_olds: list[torch.Tensor | None] = [None] * len(chunks)
+        if cfg.beta > 0:
+            seq_olds = [seq_old_all[c] for c in chunks]
         stats: dict[str, list] = {k: [] for k in ("clip_low", "clip_high", "is_raw", "seqs", "neg_logp", "tokens", "approx_kl")}
         for iteration in range(cfg.num_iterations):
             start = time.perf_counter()
@@ -305,10 +322,10 @@ class RLOOTrainer:
                 with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
                     logp = self._logprobs(self.policy.train_model, t)
                     mask = masks[j].to(logp.device)
-                    if old_logps[j] is None:  # first iteration without KL: the current weights sampled this batch
-                        old_logps[j] = logp.detach()
                     seq_logp = (logp * mask).sum(-1)
-                    seq_old = (old_logps[j].to(logp.device) * mask).sum(-1)
+                    if seq_olds[j] is None:  # first iteration without KL: the current weights sampled this batch
+                        seq_olds[j] = seq_logp.detach()
+                    seq_old = seq_olds[j].to(logp.device)
                     adv = adv_chunks[j].to(logp.device)
                     per_seq, clip_low, clip_high = sequence_clipped_loss(seq_logp, seq_old, adv, cfg.epsilon, cfg.epsilon_high)
                     counted = (adv != 0).float()
@@ -327,7 +344,9 @@ class RLOOTrainer:
                 # -log pi of sampled tokens: a sample estimate of the per-token entropy at the sampling temperature
                 stats["neg_logp"].append(float((-logp.detach() * mask).sum()))
                 stats["tokens"].append(float(mask.sum()))
-                stats["approx_kl"].append(float(((old_logps[j].to(logp.device) - logp.detach()) * mask).sum()))
+                stats["approx_kl"].append(float((seq_old - seq_logp.detach()).sum()))
+            if not tensors:
+                online.zero_missing_grads(self.model)  # AdamW moves on zero gradients, as if they were computed
             (total_loss,) = self.processes.sum(total_loss)
             metrics["grad_norm"], metrics["lr"] = online.optimizer_step(
                 self.model, self.optimizer, self.scheduler, cfg.max_grad_norm
@@ -366,11 +385,7 @@ class RLOOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        path = Path(path) if path else self.output_dir / f"checkpoint-{self.step}"
-        state = {"step": self.step, "trainer": self.name, "config": self.config.to_dict()}
-        return run.save_checkpoint(
-            path, self.processes, self.model, self.optimizer, self.scheduler, state, self.data.order.state()
-        )
+        return run.checkpoint_trainer(self, path, self.data.order.state())
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

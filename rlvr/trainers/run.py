@@ -41,6 +41,7 @@ __all__ = [
     "DataOrder",
     "Processes",
     "RunLog",
+    "checkpoint_trainer",
     "choose_run_dir",
     "find_checkpoint",
     "log_step",
@@ -50,6 +51,7 @@ __all__ = [
     "plot_curves",
     "read_json",
     "read_trainer_state",
+    "resume_trainer",
     "run_training",
     "save_checkpoint",
     "seed_everything",
@@ -437,6 +439,33 @@ def save_checkpoint(
         os.replace(tmp, path)
     processes.barrier()
     return path
+
+
+def checkpoint_trainer(
+    trainer: Any, path: str | os.PathLike | None, data: dict[str, Any], model: torch.nn.Module | None = None
+) -> Path:
+    """A trainer's ``save_checkpoint``: :func:`save_checkpoint` of its ``model`` (or the module
+    given: a policy with its value head), ``optimizer`` and ``scheduler``, with its ``step``,
+    ``name`` and ``config`` as the state and ``data`` (its data order) -- into ``path`` or
+    ``output_dir/checkpoint-STEP``, the same on every process."""
+    path = Path(path) if path else trainer.output_dir / f"checkpoint-{trainer.step}"
+    state = {"step": trainer.step, "trainer": trainer.name, "config": trainer.config.to_dict()}
+    return save_checkpoint(
+        path, trainer.processes, model if model is not None else trainer.model, trainer.optimizer, trainer.scheduler, state, data
+    )
+
+
+def resume_trainer(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """A trainer's ``resume``: :func:`load_checkpoint` into its ``model`` (or the module given),
+    ``optimizer`` and ``scheduler``, refusing another trainer's checkpoint; sets ``step``, drops
+    the metric lines after it (they are written again) and returns this process's data state."""
+    state, data = load_checkpoint(
+        path, trainer.processes, model if model is not None else trainer.model, trainer.optimizer, trainer.scheduler, trainer.name
+    )
+    trainer.step = int(state["step"])
+    if trainer.processes.is_main:
+        truncate_metrics(trainer.output_dir / "metrics.jsonl", trainer.step)
+    return data
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
