@@ -134,6 +134,16 @@ def test_yaml_config_plus_overrides(tmp_path):
     assert config.bf16 is True and config.env_kwargs == {"digits": 2} and config.output_dir == str(tmp_path / "o")
 
 
+def test_none_unsets_an_optional_text_field(tmp_path):
+    """A config file names a labels file; --labels none on the command line drops it for --pairs."""
+    cfg = tmp_path / "kto.yaml"
+    cfg.write_text("trainer: kto\nlabels: labels.jsonl\n")
+    config, _ = parse_config(["--config", str(cfg), "--labels", "none", "--pairs", "pairs.jsonl", "--verifier", "None"])
+    assert config.labels is None and config.pairs == "pairs.jsonl" and config.verifier is None
+    with pytest.raises(ConfigError, match="exactly one of"):
+        parse_config(["--config", str(cfg), "--pairs", "pairs.jsonl"])
+
+
 @pytest.mark.slow
 def test_end_to_end_tiny_model_and_resume(tmp_path):
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))

@@ -152,16 +152,11 @@ class ReinforcePPTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (evaluating before and after when configured); returns the eval summary."""
-        return run.run_training(self, online.resolved_settings(self.policy, self.generator), has_eval=bool(self.eval_tasks))
+        return online.train(self)
 
     def training_step(self) -> dict[str, Any]:
         """One generation batch: prompts, rollouts, returns, ``num_iterations`` optimizer steps."""
-        timing = rollouts.new_timing()
-        metrics: dict[str, Any] = {}
-        batch = online.collect_groups(self.generator, self.data, self.config, self.step, self.processes, metrics, timing)
-        self.generator.sleep()
-        self._train_on(batch, metrics, timing)
-        return self.history[-1] if self.history else metrics
+        return online.training_step(self, self._train_on)
 
     def evaluate(self, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
         """Greedy held-out evaluation of the current policy, split over the processes."""

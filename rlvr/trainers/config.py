@@ -111,6 +111,9 @@ class TrainConfig:
                 continue
             kinds = _scalar_kinds(hints[f.name])
             text = value.strip()
+            if str in kinds and type(None) in kinds and text.lower() in ("none", "null"):
+                setattr(self, f.name, None)  # --verifier none: no verifier (not one named "none")
+                continue
             if str in kinds or not kinds:
                 continue
             if kinds == (type(None),):  # a list or dict field that may be None: the field's check parses the text

@@ -170,16 +170,11 @@ class KTOTrainer:
     # ----------------------------------------------------------------- loop
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (evaluating before and after when an env is given); returns the eval summary."""
-        resolved = {"trainer_precision": "bf16 autocast" if self.policy.bf16 else "fp32", "max_steps": self.config.max_steps}
-        return run.run_training(self, resolved, has_eval=bool(self.eval_tasks))
+        return offline.train(self)
 
     def evaluate(self, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
         """Greedy held-out accuracy of the live policy on the env's test tasks."""
-        cfg = self.config
-        return offline.evaluate_policy(
-            self.policy, self.processes, self.eval_tasks if tasks is None else tasks, self.reward,
-            cfg.max_completion_length, cfg.seed, cfg.correct_threshold, self.step,
-        )  # fmt: skip
+        return offline.evaluate(self, tasks)
 
     def training_step(self) -> dict[str, Any]:
         """One optimizer step on ``batch_size`` examples."""

@@ -35,6 +35,7 @@ Plain functions, called explicitly by each trainer (no base class):
   :class:`~rlvr.generation.HFGenerator` on the live policy, split over the processes, like
   ``GRPOTrainer.evaluate``.
 - :func:`steps_for_epochs`: ``num_epochs`` as optimizer steps.
+- :func:`train` / :func:`evaluate`: a trainer's ``train`` and ``evaluate`` methods.
 - :func:`set_up` / :func:`finish_set_up`: a trainer's processes, seeds, held-out evaluation,
   policy and reference, then (once its data is encoded) its optimizer, schedule, run
   directory and log.
@@ -407,6 +408,23 @@ def evaluate_policy(
         gather=processes.gather,
     )
     return {**result, "step": step, "time_s": time.perf_counter() - start}
+
+
+def train(trainer: Any) -> dict[str, Any]:
+    """An offline trainer's ``train``: :func:`rlvr.trainers.run.run_training` to ``max_steps``,
+    evaluating before and after when there are held-out tasks; returns the eval summary."""
+    resolved = {"trainer_precision": "bf16 autocast" if trainer.policy.bf16 else "fp32", "max_steps": trainer.config.max_steps}
+    return run.run_training(trainer, resolved, has_eval=bool(trainer.eval_tasks))
+
+
+def evaluate(trainer: Any, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
+    """An offline trainer's ``evaluate``: :func:`evaluate_policy` of its live policy on ``tasks``
+    (default: its held-out ``eval_tasks``), graded by its ``reward``."""
+    cfg = trainer.config
+    return evaluate_policy(
+        trainer.policy, trainer.processes, trainer.eval_tasks if tasks is None else tasks, trainer.reward,
+        cfg.max_completion_length, cfg.seed, cfg.correct_threshold, trainer.step,
+    )  # fmt: skip
 
 
 def make_eval_env(config: Any) -> tuple[Environment | None, Reward | None]:

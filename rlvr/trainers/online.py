@@ -16,6 +16,8 @@ REINFORCE++) shares, as plain functions a trainer file calls.
   :func:`loss_token_counts`, :func:`rows_to_train` (rows whose gradient is exactly 0 cost
   nothing), :func:`zero_missing_grads`, :func:`token_metrics`, :func:`reference_logprobs` (frozen copy or adapters off),
   :func:`optimizer_step`, :func:`importance_metrics`, :func:`end_step` (sync, log, checkpoint).
+- :func:`train` / :func:`training_step`: a trainer's ``train`` and the frame of its
+  ``training_step`` (collect, then the method's own ``_train_on``).
 - :func:`resume_run`: a checkpoint loaded back into a trainer, the generator synced.
 - :func:`resolved_settings`: what ``config.json`` records about the precision and engine
   actually chosen.
@@ -61,6 +63,8 @@ __all__ = [
     "resolved_settings",
     "resume_run",
     "rows_to_train",
+    "train",
+    "training_step",
     "token_metrics",
     "zero_missing_grads",
 ]
@@ -256,6 +260,26 @@ def evaluate_policy(
         gather=processes.gather,
     )
     return {**result, "step": step, "time_s": time.perf_counter() - start}
+
+
+def train(trainer: Any) -> dict[str, Any]:
+    """An online trainer's ``train``: :func:`rlvr.trainers.run.run_training` to ``max_steps``
+    (evaluating before and after when configured), ``config.json`` recording the precision and
+    engine chosen; returns the eval summary."""
+    return run.run_training(trainer, resolved_settings(trainer.policy, trainer.generator), has_eval=bool(trainer.eval_tasks))
+
+
+def training_step(trainer: Any, train_on: Any) -> dict[str, Any]:
+    """An online trainer's ``training_step``: one step's scored groups (:func:`collect_groups`),
+    the generator put to sleep (on GPU vLLM gives its memory to the backward pass until it
+    generates again), then the method's own ``train_on(batch, metrics, timing)``, which logs the
+    step; returns the last logged metrics."""
+    timing = rollouts.new_timing()
+    metrics: dict[str, Any] = {}
+    batch = collect_groups(trainer.generator, trainer.data, trainer.config, trainer.step, trainer.processes, metrics, timing)
+    trainer.generator.sleep()
+    train_on(batch, metrics, timing)
+    return trainer.history[-1] if trainer.history else metrics
 
 
 def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> int:
