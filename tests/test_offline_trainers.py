@@ -199,7 +199,7 @@ def test_iterative_dpo_rebuilds_pairs_from_the_policy_at_step_k(tokenizer, tmp_p
     restores the sampled pairs from the checkpoint and continues exactly as the uninterrupted run."""
     reward = FunctionReward(lambda s: float(len(s.completion) % 3), name="len3")
     kw = {"pairs_refresh_steps": 2, "pairs_k": 4, "pairs_prompts": 4, "max_steps": 4, "eval_before": False,
-          "eval_after": False, "save_final_model": False, "max_completion_length": 8}  # fmt: skip
+          "eval_after": False, "save_final_model": False, "max_completion_length": 8, "generator": "hf"}  # fmt: skip
 
     def make(out, **extra):
         cfg = DPOConfig(**{**BASE, **kw, "pairs": str(pairs_file), "env": "arithmetic", "output_dir": str(out), **extra})

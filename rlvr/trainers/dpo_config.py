@@ -4,8 +4,10 @@ The fields every method shares (model, seed, optimizer, schedule, precision, LoR
 come from :class:`~rlvr.trainers.config.TrainConfig`, those every offline method shares (the
 data, batch shape and held-out evaluation) from
 :class:`~rlvr.trainers.offline_config.OfflineConfig`; this file adds DPO's losses and
-iterative (on-policy) DPO. A bad combination fails in ``__post_init__`` -- before any model loads --
-with a :class:`ConfigError` naming the field and the fix. ``python -m rlvr.train --trainer
+iterative (on-policy) DPO, whose sampling engine (``generator``, ``vllm_*``) comes from
+:class:`~rlvr.trainers.online_config.EngineConfig`. A bad combination fails in
+``__post_init__`` -- before any model loads -- with a :class:`ConfigError` naming the field
+and the fix. ``python -m rlvr.train --trainer
 dpo`` builds this dataclass from a YAML file plus ``--key value`` overrides.
 
 No torch import here.
@@ -18,6 +20,7 @@ from typing import ClassVar
 
 from rlvr.trainers.config import ConfigError, launched_world_size
 from rlvr.trainers.offline_config import OfflineConfig
+from rlvr.trainers.online_config import EngineConfig
 
 __all__ = ["ConfigError", "DPOConfig", "DPO_LOSS_TYPES"]
 
@@ -25,7 +28,7 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero", "sppo_hard")
 
 
 @dataclass
-class DPOConfig(OfflineConfig):
+class DPOConfig(EngineConfig, OfflineConfig):
     """Configuration of a DPO run (offline on a pairs file, or iterative on an environment). One line per field."""
 
     trainer: ClassVar[str] = "rlvr.trainers.dpo_trainer:DPOTrainer"

