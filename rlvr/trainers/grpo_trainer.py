@@ -237,9 +237,6 @@ class GRPOTrainer:
         generator: Generator | None = None,
     ) -> None:
         online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = modeling.make_optimizer(config, params, self.device)
-        self.scheduler = modeling.make_scheduler(config, self.optimizer)
         online.finish_set_up(self, generator, desc="GRPO")
 
     @classmethod

@@ -165,8 +165,8 @@ def set_up(
     seeds; ``data`` (:class:`TaskData`) with ``reward``, ``train_tasks`` and ``eval_tasks``;
     ``policy`` with ``model``, ``tokenizer`` and ``device``; ``ref_model`` (a frozen copy of the
     initial policy when ``config.beta > 0``, None under LoRA or without a KL term). The trainer
-    then builds its optimizer (a method may add parameters: a value head) and calls
-    :func:`finish_set_up`.
+    then calls :func:`finish_set_up` (with its own parameter groups when it trains more than
+    the policy: a value head).
     """
     trainer.config = config
     trainer.processes = processes = run.Processes()
@@ -179,9 +179,15 @@ def set_up(
     trainer.ref_model = modeling.reference_model(policy) if getattr(config, "beta", 0) > 0 else None
 
 
-def finish_set_up(trainer: Any, generator: Generator | None, desc: str) -> None:
-    """The second half, after the optimizer: ``step`` 0, ``output_dir`` (one for all processes,
-    nothing created yet), ``generator`` (the one given, or built from the config) and ``log`` / ``history``."""
+def finish_set_up(trainer: Any, generator: Generator | None, desc: str, params: list[Any] | None = None) -> None:
+    """The second half: ``optimizer`` (AdamW over ``params`` -- parameters or parameter groups --
+    by default the policy's trainable parameters) and ``scheduler``, ``step`` 0, ``output_dir`` (one
+    for all processes, nothing created yet), ``generator`` (the one given, or built from the
+    config) and ``log`` / ``history``."""
+    if params is None:
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+    trainer.optimizer = modeling.make_optimizer(trainer.config, params, trainer.device)
+    trainer.scheduler = modeling.make_scheduler(trainer.config, trainer.optimizer)
     trainer.step = 0
     trainer.output_dir = run.choose_run_dir(trainer.config.output_dir, trainer.processes)
     trainer.generator = generator if generator is not None else rollouts.build_generator(trainer.config, trainer.policy, trainer.world_size)

@@ -358,10 +358,8 @@ class PPOTrainer:
         self.policy_params = [p for p in self.model.parameters() if p.requires_grad]
         self.value_params = [p for m in self.critic.modules() for p in m.parameters() if p.requires_grad]
         groups = [{"params": self.policy_params}, {"params": self.value_params, "lr": cfg.value_learning_rate}]
-        self.optimizer = modeling.make_optimizer(cfg, groups, self.device)  # two parameter groups: policy, value side
-        self.scheduler = modeling.make_scheduler(cfg, self.optimizer)
         self.trained = _Checkpointed(self.model, self.critic)
-        online.finish_set_up(self, generator, desc="PPO")
+        online.finish_set_up(self, generator, desc="PPO", params=groups)  # two parameter groups: policy, value side
 
     @classmethod
     def from_config(cls, config: PPOConfig) -> PPOTrainer:

@@ -202,9 +202,6 @@ class RLOOTrainer:
         generator: Generator | None = None,
     ) -> None:
         online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = modeling.make_optimizer(config, params, self.device)
-        self.scheduler = modeling.make_scheduler(config, self.optimizer)
         online.finish_set_up(self, generator, desc="RLOO")
 
     @classmethod
@@ -237,30 +234,29 @@ class RLOOTrainer:
         metrics.update(rollouts.reward_metrics(rows, cfg.correct_threshold))
 
         mbs = cfg.micro_batch_size
-        micro = [batch[i : i + mbs] for i in range(0, len(batch), mbs)]
-        tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
-        masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
-
-        # the KL penalty needs the sampling weights' and the reference's log-probs BEFORE any update
-        old_logps: list[torch.Tensor] = []
-        ref_logps: list[torch.Tensor] = []
-        if cfg.beta > 0:
-            with torch.no_grad():
-                old_logps = [self._logprobs(self.model, t) for t in tensors]
-            ref_logps = online.reference_logprobs(self.policy, self.ref_model, tensors, cfg.temperature)
-
+        tokens = online.loss_token_counts(batch, cfg.mask_truncated_completions)
         valid = torch.tensor([r.outcome.status is Status.OK for r in batch])
         scores = torch.tensor([r.outcome.score if r.outcome.status is Status.OK else 0.0 for r in batch], dtype=torch.float32)
+        seq_old_all: torch.Tensor | None = None
         if cfg.beta > 0:
-            full_mask = torch.cat([_pad_to(t["completion_mask"], self._width(tensors)) for t in tensors])
-            old_all = torch.cat([_pad_to(o.cpu(), self._width(tensors)) for o in old_logps])
-            ref_all = torch.cat([_pad_to(o.cpu(), self._width(tensors)) for o in ref_logps])
+            # the KL penalty needs the sampling weights' and the reference's log-probs of EVERY row, BEFORE any update
+            full = [batch[i : i + mbs] for i in range(0, len(batch), mbs)]
+            full_tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in full]
+            full_masks = online.loss_masks(full, full_tensors, cfg.mask_truncated_completions)
+            with torch.no_grad():
+                old_logps = [self._logprobs(self.model, t) for t in full_tensors]
+            ref_logps = online.reference_logprobs(self.policy, self.ref_model, full_tensors, cfg.temperature)
+            width = self._width(full_tensors)
+            full_mask = torch.cat([_pad_to(t["completion_mask"], width) for t in full_tensors])
+            old_all = torch.cat([_pad_to(o.cpu(), width) for o in old_logps])
+            ref_all = torch.cat([_pad_to(o.cpu(), width) for o in ref_logps])
             rewards, kl = kl_penalized_rewards(scores, old_all, ref_all, full_mask, cfg.beta, cfg.reward_clip_range)
+            seq_old_all = torch.cat([(o.cpu() * m).sum(-1) for o, m in zip(old_logps, full_masks)])
         else:
             rewards, kl = kl_penalized_rewards(scores, None, None, valid.float(), 0.0, cfg.reward_clip_range)
         advantages, usable = rloo_advantages(rewards, valid, cfg.num_generations)
         # a sequence counts when its advantage is defined: OK, in a group with a baseline, and not masked out
-        in_loss = valid & usable.repeat_interleave(cfg.num_generations) & (torch.cat([m.sum(1) for m in masks]) > 0)
+        in_loss = valid & usable.repeat_interleave(cfg.num_generations) & (tokens > 0)
         if cfg.normalize_advantages:
             w = in_loss.double()
             a = advantages.double()
@@ -293,20 +289,15 @@ class RLOOTrainer:
         # the loss only counts sequences with an advantage: the others (advantage 0) have loss
         # and gradient exactly 0 and are not computed
         train = advantages != 0 if cfg.skip_zero_advantage else torch.ones(len(batch), dtype=torch.bool)
-        if cfg.beta > 0:
-            seq_old_all = torch.cat([(o.cpu() * m).sum(-1) for o, m in zip(old_logps, masks)])
         chunks = online.rows_to_train(train, mbs, [len(r.generation.completion_ids) for r in batch], self.world_size)
         metrics["skipped_rows"] = int(self.processes.sum(len(batch) - sum(len(c) for c in chunks))[0])
-        if chunks != [list(range(i, min(i + mbs, len(batch)))) for i in range(0, len(batch), mbs)]:
-            micro = [[batch[i] for i in c] for c in chunks]
-            tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
-            masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
+        micro = [[batch[i] for i in c] for c in chunks]
+        tensors = [rollouts.batch_tensors(m, self.tokenizer.pad_token_id) for m in micro]
+        masks = online.loss_masks(micro, tensors, cfg.mask_truncated_completions)
         metrics.update(online.token_metrics(tensors, self.processes))
         adv_chunks = [advantages[c] for c in chunks]
         # the sampling weights' sequence log-probs: from the KL pass above, else the first iteration's forward
-        seq_olds: list[torch.Tensor | None] = [None] * len(chunks)
-        if cfg.beta > 0:
-            seq_olds = [seq_old_all[c] for c in chunks]
+        seq_olds: list[torch.Tensor | None] = [None] * len(chunks) if seq_old_all is None else [seq_old_all[c] for c in chunks]
         stats: dict[str, list] = {k: [] for k in ("clip_low", "clip_high", "is_raw", "seqs", "neg_logp", "tokens", "approx_kl")}
         for iteration in range(cfg.num_iterations):
             start = time.perf_counter()
