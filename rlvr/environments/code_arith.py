@@ -10,7 +10,8 @@ solves some of these tasks and not others, so GRPO has a signal to learn from on
 Each distinct problem is assigned to one split by a hash of its canonical text
 (``"f(x) returns `3 * x + 2`"``), so no test problem is ever a training problem; a task's test
 inputs are drawn from ``seed`` and its text. With all three levels there are 398 problems, 110
-of them in the test split. Each task's reference solution is in ``Task.info["solution"]``.
+of them in the test split. Each task's reference solution is in ``Task.info["solution"]``, its
+tests as ``(call, expected value)`` source pairs in ``Task.info["cases"]``.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _make_task(level: int, arg: str, says: str, code: str, seed: int, n_tests: i
         value = _draw_input(rng, arg)
         if value not in inputs:
             inputs.append(value)
-    tests = [f"assert f({v!r}) == {namespace['f'](v)!r}" for v in inputs]
+    cases = [(f"f({v!r})", repr(namespace["f"](v))) for v in inputs]  # (the call, its expected value), as source
+    tests = [f"assert {call} == {expected}" for call, expected in cases]
     reference = {"style": "assert", "tests": tests, "setup": "", "entry_point": "f"}
-    return Task([*system, {"role": "user", "content": text}], reference, {"problem": text, "level": level, "solution": solution})
+    info = {"problem": text, "level": level, "solution": solution, "cases": cases}
+    return Task([*system, {"role": "user", "content": text}], reference, info)
 
 
 class CodeArith(Environment):

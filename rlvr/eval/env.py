@@ -14,6 +14,13 @@ training metrics:
 - ``n_ok`` / ``n_timeout`` / ``n_error`` / ``n_abstain``: outcome counts (a failed check
   is not a wrong answer: such completions are counted, never scored 0).
 
+On a multi-turn environment (:class:`~rlvr.environments.multiturn.MultiTurnEnvironment`) each
+completion is an episode (:func:`~rlvr.episodes.run_episodes`, at most ``max_turns`` model
+turns; ``--max-turns 1`` measures the model without the environment's replies), scored on its
+last assistant message; the result adds ``turns_mean``, ``tool_calls_mean``, ``tool_errors``,
+``tool_time_s`` and ``masked_tokens``, and an environment that failed counts in ``n_error`` /
+``n_timeout``.
+
 With several processes (``shard``/``gather``) each process generates and scores its share
 of the tasks and every process gets the whole result.
 """
@@ -64,6 +71,8 @@ def evaluate_environment(
     shard: tuple[int, int] = (0, 1),
     gather: Callable[[list[Any]], list[Any]] | None = None,
     num_examples: int = 5,
+    max_turns: int | None = None,
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Sample ``n`` completions per task, score them, and summarise.
 
@@ -77,8 +86,19 @@ def evaluate_environment(
         shard / gather: ``(rank, world_size)`` and a function concatenating every process's
             list, for evaluation split over processes (the defaults: one process).
         num_examples: Completions shown in ``examples`` (the first tasks').
+        max_turns: A multi-turn environment's most model turns (None: the environment's own);
+            above 1 on a single-turn environment is an error.
+        limits: An :class:`~rlvr.episodes.EpisodeLimits` (a trainer's); overrides ``max_turns``.
     """
+    from rlvr.environments.multiturn import MultiTurnEnvironment
+    from rlvr.episodes import EpisodeLimits, episode_sample, episode_stats, run_episodes
     from rlvr.generation import SamplingConfig
+
+    multi = isinstance(env, MultiTurnEnvironment)
+    if not multi and max_turns is not None and max_turns > 1:
+        raise ValueError(f"max_turns={max_turns}, but environment {getattr(env, 'name', None)!r} is single-turn; leave it out")
+    if multi and limits is None:
+        limits = EpisodeLimits(max_turns=max_turns if max_turns is not None else env.max_turns)
 
     if tasks is None:
         if env is None:
@@ -99,17 +119,28 @@ def evaluate_environment(
     mine = list(range(rank, len(tasks), world))
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens, seed=seed)
     start = time.perf_counter()
-    generations = generator.generate([tasks[i].prompt for i in mine], n=n, sampling=sampling) if mine else []
+    episode_timing: dict[str, float] = {}
+    if not mine:
+        generations = []
+    elif multi:
+        generations = run_episodes(generator, env, [tasks[i] for i in mine], n, sampling, limits, episode_timing)
+    else:
+        generations = generator.generate([tasks[i].prompt for i in mine], n=n, sampling=sampling)
     gen_time = time.perf_counter() - start
-    samples = [tasks[mine[g.prompt_index]].sample(g.text) for g in generations]
     start = time.perf_counter()
-    outcomes = score_or_error(reward, samples) if samples else []
+    outcomes: list[Any] = [getattr(g, "failure", None) for g in generations]  # an episode whose environment failed
+    todo = [i for i, o in enumerate(outcomes) if o is None]
+    if todo:
+        scored = score_or_error(reward, [episode_sample(tasks[mine[generations[i].prompt_index]], generations[i]) for i in todo])
+        for i, o in zip(todo, scored):
+            outcomes[i] = o
     reward_time = time.perf_counter() - start
     if own_reward and hasattr(reward, "close"):
         reward.close()
+    sampled = [_sampled_tokens(g) for g in generations]
     rows = [
-        (mine[g.prompt_index], o.status.value, o.score, len(g.completion_ids), g.text, o.reason)
-        for g, o in zip(generations, outcomes)
+        (mine[g.prompt_index], o.status.value, o.score, k, g.text, o.reason, episode_stats(g), getattr(g, "messages", None))
+        for g, o, k in zip(generations, outcomes, sampled)
     ]
     rows = (gather or (lambda x: x))(rows)
     rows.sort(key=lambda r: r[0])  # task order (a stable sort keeps each task's samples in order)
@@ -130,14 +161,30 @@ def evaluate_environment(
         **{f"n_{s.value}": sum(r[1] == s.value for r in rows) for s in Status},
         "completion_len_mean": n_tokens / max(len(rows), 1),
         "generation_time_s": gen_time,
-        "tokens_per_s": sum(len(g.completion_ids) for g in generations) / gen_time if gen_time > 0 else 0.0,
+        "tokens_per_s": sum(sampled) / gen_time if gen_time > 0 else 0.0,
         "reward_time_s": reward_time,
         "examples": [
-            {"prompt": _last_message(tasks[i].prompt), "completion": text, "reference": str(tasks[i].reference), "reason": why}
-            for i, _, _, _, text, why in rows[:num_examples]
+            {"prompt": _last_message(tasks[i].prompt), "completion": text, "reference": str(tasks[i].reference), "reason": why,
+             **({"messages": messages} if messages is not None else {})}
+            for i, _, _, _, text, why, _, messages in rows[:num_examples]
         ],
-    }
+    }  # fmt: skip
+    episodes = [r[6] for r in rows if r[6] is not None]
+    if multi:
+        result["max_turns"] = limits.max_turns
+        result["env_time_s"] = episode_timing.get("env_time_s", 0.0)
+    if episodes:
+        result["turns_mean"] = sum(e["turns"] for e in episodes) / len(episodes)
+        result["tool_calls_mean"] = sum(e["tool_calls"] for e in episodes) / len(episodes)
+        for key in ("tool_errors", "tool_time_s", "masked_tokens"):
+            result[key] = sum(e[key] for e in episodes)
     return result
+
+
+def _sampled_tokens(generation: Any) -> int:
+    """Tokens the policy sampled: all of a completion's, an episode's ``model_mask`` ones."""
+    mask = getattr(generation, "model_mask", None)
+    return len(generation.completion_ids) if mask is None else sum(mask)
 
 
 def _last_message(prompt: Any) -> str:
@@ -166,8 +213,32 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system-prompt", default=None, help="a system message before every prompt that has none (as the training run had)")
     p.add_argument("--generator", default="auto", choices=GENERATORS, help="generation backend (auto: vLLM if installed)")
+    p.add_argument(
+        "--max-turns", "--max_turns", dest="max_turns", type=int, default=None,
+        help="a multi-turn environment's most model turns (default: the environment's own; 1 = no replies from it)",
+    )
+    p.add_argument("--turn-timeout-s", "--turn_timeout_s", dest="turn_timeout_s", type=float, default=30.0, help="seconds the environment may take per turn")
+    p.add_argument("--env-kwargs", "--env_kwargs", dest="env_kwargs", default=None, help="options for the environment, as JSON or YAML ('{levels: [1]}')")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.set_defaults(func=_env_cmd)
+
+
+VLLM_MAX_MODEL_LEN = 1024  # the engine this command builds; also an episode's most tokens
+
+
+def _mapping(text: str | None, flag: str) -> dict[str, Any]:
+    """A JSON or YAML mapping given on the command line ({} when not given)."""
+    if not text:
+        return {}
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{flag} must be a JSON or YAML mapping, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a mapping like '{{levels: [1]}}', got {text!r}")
+    return value
 
 
 def _load_generator(name: str, kind: str) -> Any:
@@ -181,7 +252,16 @@ def _load_generator(name: str, kind: str) -> Any:
     kind = choose_generator(kind)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = None if kind == "vllm" else AutoModelForCausalLM.from_pretrained(path)  # vLLM loads its own copy
-    return make_generator(kind, model, tokenizer, model_path=path)
+    if kind == "hf":
+        return make_generator(kind, model, tokenizer, model_path=path)
+    import torch
+
+    from rlvr.generation import engine_dtype
+
+    # the trainers' rule for the engine (bf16 only where bf16 matmuls are fast), so a model is
+    # measured here as its training run's held-out evaluation measured it
+    dtype = engine_dtype("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return make_generator(kind, model, tokenizer, model_path=path, max_model_len=VLLM_MAX_MODEL_LEN, dtype=dtype)
 
 
 def _env_cmd(args: argparse.Namespace) -> int:
@@ -196,11 +276,33 @@ def _env_cmd(args: argparse.Namespace) -> int:
     if any(not 1 <= k <= args.n for k in ks):
         raise ValueError(f"every k must be between 1 and --n {args.n}; got {list(ks)}")
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
-    env = make_environment(args.env)
+    if args.max_turns is not None and args.max_turns < 1:
+        raise ValueError(f"--max-turns must be >= 1, got {args.max_turns}")
+    env_kwargs = _mapping(args.env_kwargs, "--env-kwargs")
+    env = make_environment(args.env, **env_kwargs)
+    limits = None
+    from rlvr.environments.multiturn import MultiTurnEnvironment
+
+    if isinstance(env, MultiTurnEnvironment):
+        from rlvr.episodes import EpisodeLimits
+
+        limits = EpisodeLimits(
+            max_turns=args.max_turns if args.max_turns is not None else env.max_turns,
+            max_episode_tokens=VLLM_MAX_MODEL_LEN,
+            turn_timeout_s=args.turn_timeout_s,
+        )
+        deadline = env.respond_deadline_s()
+        if deadline is not None and deadline >= args.turn_timeout_s:
+            raise ValueError(
+                f"--turn-timeout-s {args.turn_timeout_s:g} is not longer than the {deadline:g} s {args.env!r} may take to answer "
+                "by its own sandbox deadlines; raise it"
+            )
+    elif args.max_turns is not None and args.max_turns > 1:
+        raise ValueError(f"--max-turns {args.max_turns}: environment {args.env!r} is single-turn; leave --max-turns out")
     generator = _load_generator(args.model, args.generator)
     result = evaluate_environment(
         env, generator, n=args.n, ks=ks, split=args.split, limit=args.limit, max_new_tokens=args.max_new_tokens,
-        temperature=temperature, top_p=args.top_p, seed=args.seed, system_prompt=args.system_prompt,
+        temperature=temperature, top_p=args.top_p, seed=args.seed, system_prompt=args.system_prompt, limits=limits,
     )
     result["model"] = args.model
     width = max(len(k) for k in result)

@@ -60,25 +60,30 @@ def token_rewards(
     scores: torch.Tensor, mask: torch.Tensor, beta: float, old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per-token rewards ``[B, T]``: ``-beta * (old_logp - ref_logp)`` on each token of ``mask``,
-    plus ``scores[b]`` on the last token of sequence b (the last position where ``mask`` is 1)."""
+    plus ``scores[b]`` on the last token of sequence b (the last position where ``mask`` is 1;
+    a multi-turn episode's mask has gaps where the environment spoke)."""
     mask = mask.float()
     rewards = torch.zeros_like(mask)
     if beta > 0 and old_logp is not None and ref_logp is not None:
         rewards = -beta * (old_logp.float() - ref_logp.float()) * mask
-    lengths = mask.sum(-1).long()
-    has = lengths > 0
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    last = torch.where(mask > 0, positions, -1).max(-1).values
+    has = last >= 0
     rows = torch.arange(mask.shape[0])[has]
-    rewards[rows, lengths[has] - 1] += scores.float()[has]
+    rewards[rows, last[has]] += scores.float()[has]
     return rewards
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``G_t = r_t + gamma * G_{t+1}`` over each row's masked tokens (0 outside the mask)."""
+    """``G_t = r_t + gamma * G_{t'}`` over each row's masked tokens, ``t'`` the next masked token
+    (0 outside the mask): the environment's tokens between an episode's turns are skipped, so
+    an earlier turn's tokens get the return of the later ones."""
     out = torch.zeros_like(rewards)
     running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
     for t in reversed(range(rewards.shape[1])):
-        running = (rewards[:, t] + gamma * running) * mask[:, t]
-        out[:, t] = running
+        m = mask[:, t] > 0
+        running = torch.where(m, rewards[:, t] + gamma * running, running)
+        out[:, t] = running * m
     return out
 
 
@@ -114,11 +119,7 @@ def token_clipped_loss(
 # Trainer
 # =======================================================================================
 
-_BATCH_KEYS = (
-    "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
-    "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds", "train_tokens", "useful_tokens",
-    "return_mean", "kl",
-)  # fmt: skip
+_BATCH_KEYS = (*rollouts.BATCH_METRICS, "return_mean", "kl")
 
 
 class ReinforcePPTrainer:

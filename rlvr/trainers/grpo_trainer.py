@@ -201,11 +201,7 @@ def aggregate_loss(
 # =======================================================================================
 
 # metrics that describe a generation batch, kept on each of its num_iterations steps
-_BATCH_KEYS = (
-    "reward_mean", "reward_std", "accuracy", "completion_len_mean", "frac_truncated", "frac_zero_std_groups",
-    "n_timeout", "n_error", "n_abstain", "n_ok", "num_groups", "dynamic_sampling_rounds", "train_tokens", "useful_tokens",
-    "skipped_rows",
-)  # fmt: skip
+_BATCH_KEYS = (*rollouts.BATCH_METRICS, "skipped_rows")
 
 
 class GRPOTrainer:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rlvr.generation import bf16_is_fast
 from rlvr.trainers.config import ConfigError, TrainConfig
 from rlvr.trainers.run import Processes
 
@@ -73,14 +74,6 @@ class Policy:
     def base(self) -> torch.nn.Module:
         """The plain causal LM (the base model under LoRA)."""
         return self.model.get_base_model() if self.is_peft else self.model
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds the trainer up here: CUDA with bf16, or a CPU with AMX tiles."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return device.type == "cpu" and bool(is_amx and is_amx())
 
 
 def load_policy(

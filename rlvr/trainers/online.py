@@ -8,7 +8,8 @@ REINFORCE++) shares, as plain functions a trainer file calls.
   run directory, generator and log, before and after its optimizer.
 - :func:`prepare_tasks` -> :class:`TaskData`: the reward, the training and held-out tasks
   (the system prompt applied once, so a prompt-aware reward sees what the policy
-  answered), this process's shard of the training tasks and its seeded order.
+  answered), this process's shard of the training tasks and its seeded order, and for a
+  multi-turn environment its :class:`~rlvr.episodes.EpisodeLimits` (:func:`episode_limits`).
 - :func:`collect_groups`: one step's scored groups of ``num_generations`` completions,
   with dynamic sampling (DAPO) when the config asks for it.
 - :func:`evaluate_policy`: greedy held-out evaluation split over the processes.
@@ -17,7 +18,8 @@ REINFORCE++) shares, as plain functions a trainer file calls.
   nothing), :func:`zero_missing_grads`, :func:`token_metrics`, :func:`reference_logprobs` (frozen copy or adapters off),
   :func:`optimizer_step`, :func:`importance_metrics`, :func:`end_step` (sync, log, checkpoint).
 - :func:`train` / :func:`training_step`: a trainer's ``train`` and the frame of its
-  ``training_step`` (collect, then the method's own ``_train_on``).
+  ``training_step`` (collect, write ``log_transcripts`` episodes to ``transcripts.jsonl``,
+  then the method's own ``_train_on``).
 - :func:`resume_run`: a checkpoint loaded back into a trainer, the generator synced.
 - :func:`resolved_settings`: what ``config.json`` records about the precision and engine
   actually chosen.
@@ -37,6 +39,8 @@ from typing import Any
 import torch
 
 from rlvr.environments.base import Environment, Task
+from rlvr.environments.multiturn import MultiTurnEnvironment
+from rlvr.episodes import ChatTurns, Episode, EpisodeLimits
 from rlvr.eval.env import evaluate_environment
 from rlvr.generation import Generator, SamplingConfig
 from rlvr.rewards import Reward, Status
@@ -53,6 +57,7 @@ __all__ = [
     "collect_groups",
     "end_step",
     "environment_and_reward",
+    "episode_limits",
     "evaluate_policy",
     "importance_metrics",
     "loss_masks",
@@ -66,6 +71,7 @@ __all__ = [
     "train",
     "training_step",
     "token_metrics",
+    "transcript_rows",
     "zero_missing_grads",
 ]
 
@@ -80,6 +86,8 @@ class TaskData:
         eval_tasks: The held-out tasks (system prompt applied, at most ``eval_max_tasks``).
         shard: Indices of ``train_tasks`` this process draws from.
         order: This process's seeded order over its shard (part of every checkpoint).
+        env: The environment (None when only tasks and a reward were given).
+        limits: A multi-turn environment's episode limits; None for single-turn sampling.
     """
 
     reward: Reward
@@ -87,6 +95,8 @@ class TaskData:
     eval_tasks: list[Task]
     shard: list[int]
     order: run.DataOrder
+    env: Environment | None = None
+    limits: EpisodeLimits | None = None
 
     def take(self, k: int) -> list[Task]:
         """The next ``k`` training tasks of this process, in its seeded order."""
@@ -115,6 +125,37 @@ def environment_and_reward(config: OnlineConfig) -> tuple[Environment, Reward | 
     return env, reward
 
 
+def episode_limits(config: OnlineConfig, env: Environment | None) -> EpisodeLimits | None:
+    """The episode limits of a run on ``env``: None for a single-turn environment; for a
+    :class:`~rlvr.environments.multiturn.MultiTurnEnvironment`, ``max_turns`` (the config's, else
+    the environment's), ``max_episode_tokens`` (else ``vllm_max_model_len``) and ``turn_timeout_s``.
+
+    Raises :class:`ConfigError` for ``max_turns`` > 1 on a single-turn environment, and for an
+    environment whose own sandbox deadlines (``respond_deadline_s``) are not shorter than
+    ``turn_timeout_s`` (looping model code would then make the episode TIMEOUT instead of
+    being told to the model).
+    """
+    who = type(config).__name__
+    if not isinstance(env, MultiTurnEnvironment):
+        if config.max_turns is not None and config.max_turns > 1:
+            raise ConfigError(
+                f"{who}.max_turns: {config.max_turns} turns, but environment {getattr(env, 'name', None)!r} is single-turn "
+                "(it never answers the model); leave max_turns unset or use a multi-turn environment (python -m rlvr list)"
+            )
+        return None
+    deadline = env.respond_deadline_s()
+    if deadline is not None and deadline >= config.turn_timeout_s:
+        raise ConfigError(
+            f"{who}.turn_timeout_s: {config.turn_timeout_s:g} s is not longer than the {deadline:g} s environment "
+            f"{env.name!r} may take to answer by its own sandbox deadlines; raise turn_timeout_s or shorten the sandbox limits"
+        )
+    max_turns = config.max_turns if config.max_turns is not None else env.max_turns
+    if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
+        raise ConfigError(f"environment {env.name!r} has max_turns={max_turns!r}; it must be a positive integer (or set {who}.max_turns)")
+    tokens = config.max_episode_tokens if config.max_episode_tokens is not None else config.vllm_max_model_len
+    return EpisodeLimits(max_turns=max_turns, max_episode_tokens=tokens, turn_timeout_s=config.turn_timeout_s)
+
+
 def prepare_tasks(
     config: OnlineConfig,
     processes: run.Processes,
@@ -131,6 +172,7 @@ def prepare_tasks(
     """
     if reward is None and env is None:
         raise ConfigError(f"{who} needs an env or a reward: pass env=... (its reward scores), or reward=... with train_tasks=...")
+    limits = episode_limits(config, env)
     if train_tasks is None and env is None:
         raise ConfigError(f"{who} needs training tasks: pass env=... or train_tasks=...")
     reward = reward if reward is not None else env.reward()
@@ -144,7 +186,7 @@ def prepare_tasks(
         raise ConfigError(
             f"{len(train)} training task(s) cannot feed {processes.world_size} processes; use fewer processes or more training tasks"
         )
-    return TaskData(reward, train, held_out, shard, run.DataOrder(len(shard), config.seed + processes.rank))
+    return TaskData(reward, train, held_out, shard, run.DataOrder(len(shard), config.seed + processes.rank), env, limits)
 
 
 def set_up(
@@ -176,6 +218,11 @@ def set_up(
     trainer.reward, trainer.train_tasks, trainer.eval_tasks = trainer.data.reward, trainer.data.train_tasks, trainer.data.eval_tasks
     trainer.policy = policy = modeling.load_policy(config, processes, model, tokenizer, peft_config)
     trainer.model, trainer.tokenizer, trainer.device = policy.model, policy.tokenizer, policy.device
+    if trainer.data.limits is not None:  # a chat template that cannot join turns token by token fails here, not at step 1
+        try:
+            ChatTurns(policy.tokenizer, trainer.data.env.tool_schemas())
+        except ValueError as exc:
+            raise ConfigError(f"environment {trainer.data.env.name!r} is multi-turn, but {exc}") from None
     trainer.ref_model = modeling.reference_model(policy) if getattr(config, "beta", 0) > 0 else None
 
 
@@ -222,7 +269,10 @@ def collect_groups(
         tasks = data.take(want - len(kept))
         seed = sampling_seed(config.seed, step, rounds, processes.rank)
         sampling = SamplingConfig(config.temperature, config.top_p, config.top_k, config.max_completion_length, seed)
-        batch = rollouts.generate_and_score(generator, data.reward, tasks, n, sampling, config.reward_overlap_chunks, timing)
+        batch = rollouts.generate_and_score(
+            generator, data.reward, tasks, n, sampling, config.reward_overlap_chunks, timing,
+            env=data.env if data.limits is not None else None, limits=data.limits,
+        )  # fmt: skip
         rounds += 1
         for g in range(len(tasks)):
             group = batch[g * n : (g + 1) * n]
@@ -254,7 +304,7 @@ def evaluate_policy(
     split over the processes; ``tasks`` defaults to the held-out tasks."""
     start = time.perf_counter()
     result = evaluate_environment(
-        None,
+        data.env if data.limits is not None else None,
         generator,
         tasks=list(data.eval_tasks if tasks is None else tasks),
         reward=data.reward,
@@ -264,6 +314,7 @@ def evaluate_policy(
         correct_threshold=config.correct_threshold,
         shard=(processes.rank, processes.world_size),
         gather=processes.gather,
+        limits=data.limits,
     )
     return {**result, "step": step, "time_s": time.perf_counter() - start}
 
@@ -283,9 +334,34 @@ def training_step(trainer: Any, train_on: Any) -> dict[str, Any]:
     timing = rollouts.new_timing()
     metrics: dict[str, Any] = {}
     batch = collect_groups(trainer.generator, trainer.data, trainer.config, trainer.step, trainer.processes, metrics, timing)
+    if trainer.config.log_transcripts and trainer.processes.is_main:
+        run.append_jsonl(trainer.output_dir / run.TRANSCRIPTS, transcript_rows(batch, trainer.config.log_transcripts, trainer.step + 1))
     trainer.generator.sleep()
     train_on(batch, metrics, timing)
     return trainer.history[-1] if trainer.history else metrics
+
+
+def transcript_rows(batch: Sequence[Rollout], k: int, step: int) -> list[dict[str, Any]]:
+    """The first ``k`` rollouts of a step as ``transcripts.jsonl`` rows: ``step``, ``messages`` (the
+    prompt, then every turn and environment message), ``score``, ``status``, ``reason``,
+    ``turns`` and ``finish_reason``."""
+    rows = []
+    for r in batch[:k]:
+        g = r.generation
+        after = g.messages if isinstance(g, Episode) else [{"role": "assistant", "content": g.text}]
+        prompt = r.task.prompt if isinstance(r.task.prompt, list) else [{"role": "user", "content": str(r.task.prompt)}]
+        rows.append(
+            {
+                "step": step,
+                "messages": [*prompt, *after],
+                "score": r.outcome.score,
+                "status": r.outcome.status.value,
+                "reason": r.outcome.reason,
+                "turns": g.turns if isinstance(g, Episode) else 1,
+                "finish_reason": g.finish_reason,
+            }
+        )
+    return rows
 
 
 def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> int:
@@ -317,12 +393,12 @@ def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
 
 
 def loss_token_counts(batch: Sequence[Rollout], mask_truncated: bool) -> torch.Tensor:
-    """Each rollout's number of loss tokens -- what its row of :func:`loss_masks` sums to: its
-    completion's length, or 0 for a truncated completion when ``mask_truncated`` -- without
-    building any tensor of the batch."""
+    """Each rollout's number of loss tokens -- what its row of :func:`loss_masks` sums to: the
+    tokens the policy sampled (an episode's environment tokens are not), or 0 for a truncated
+    completion when ``mask_truncated`` -- without building any tensor of the batch."""
     return torch.tensor(
         [
-            0.0 if mask_truncated and r.generation.finish_reason == "length" else float(len(r.generation.completion_ids))
+            0.0 if mask_truncated and r.generation.finish_reason == "length" else float(sum(rollouts.sampled_mask(r.generation)))
             for r in batch
         ]
     )

@@ -95,6 +95,16 @@ class OnlineConfig(EngineConfig, TrainConfig):
     reward_overlap_chunks: int = 1
     """Split each step's generation into this many chunks and score chunk i in a thread while chunk i+1 is generated (same weights, so on-policy)."""
 
+    # --- multi-turn episodes (environments that answer the model) ------------------------
+    max_turns: int | None = None
+    """Most model turns per episode of a multi-turn environment (None = the environment's own); above 1 needs a multi-turn environment."""
+    max_episode_tokens: int | None = None
+    """Most tokens of an episode (prompt + turns + environment messages); a turn starts only if a whole one still fits. None = vllm_max_model_len."""
+    turn_timeout_s: float = 30.0
+    """Seconds the environment may take to answer one turn of one episode; later = that episode is TIMEOUT (tools keep shorter deadlines of their own)."""
+    log_transcripts: int = 0
+    """Write this many episodes per step (messages, score, status) to ``transcripts.jsonl`` (0 = none)."""
+
     # --- samples every online method treats alike -----------------------------------------
     mask_truncated_completions: bool = False
     """Leave completions that hit ``max_completion_length`` out of the loss."""
@@ -124,7 +134,25 @@ class OnlineConfig(EngineConfig, TrainConfig):
             if not isinstance(getattr(self, name), dict):
                 self.fail(name, f"must be a mapping of options, e.g. '{{digits: 2}}', got {getattr(self, name)!r}")
         self.check_positive("num_generations", "max_completion_length", "reward_overlap_chunks", "max_dynamic_sampling_rounds")
-        self.check_non_negative("eval_max_tasks", "top_k")
+        self.check_non_negative("eval_max_tasks", "top_k", "log_transcripts")
+        if self.max_turns is not None:
+            self.check_positive("max_turns")
+        if not self.turn_timeout_s > 0:
+            self.fail("turn_timeout_s", f"must be > 0 seconds, got {self.turn_timeout_s}")
+        if self.max_episode_tokens is not None:
+            self.check_positive("max_episode_tokens")
+            if self.max_episode_tokens <= self.max_completion_length:
+                self.fail(
+                    "max_episode_tokens",
+                    f"{self.max_episode_tokens} leaves no room for a prompt before a turn of max_completion_length="
+                    f"{self.max_completion_length}; raise it (it counts the prompt, every turn and the environment's messages)",
+                )
+            if self.generator != "hf" and self.max_episode_tokens > self.vllm_max_model_len:
+                self.fail(
+                    "max_episode_tokens",
+                    f"{self.max_episode_tokens} is more than the vLLM engine holds (vllm_max_model_len={self.vllm_max_model_len}); "
+                    "lower it or raise vllm_max_model_len",
+                )
         if self.generation_batch_size < self.num_generations or self.generation_batch_size % self.num_generations:
             lower = max(self.num_generations, self.generation_batch_size // self.num_generations * self.num_generations)
             self.fail(

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from rlvr.environments.base import Environment, Task
+from rlvr.environments.multiturn import MultiTurnEnvironment
 from rlvr.generation import Generator
 from rlvr.rewards import Reward, Status
 from rlvr.trainers import modeling, online, rollouts, run
@@ -353,6 +354,12 @@ class PPOTrainer:
         critic: torch.nn.Module | str | None = None,
     ) -> None:
         cfg = config
+        if isinstance(env, MultiTurnEnvironment):
+            raise ConfigError(
+                f"PPO does not train on multi-turn environments ({env.name!r}): its GAE assumes the actions of an episode are "
+                "one contiguous run of tokens, and an episode has the environment's messages between its turns. "
+                "Use --trainer grpo, rloo or reinforce_pp"
+            )
         online.set_up(self, config, env, reward, train_tasks, eval_tasks, model, tokenizer, peft_config)
         self.critic = load_critic(cfg, self.policy, self.processes, critic)
         self.policy_params = [p for p in self.model.parameters() if p.requires_grad]

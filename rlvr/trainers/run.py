@@ -10,8 +10,9 @@ Plain functions and small classes that a trainer calls explicitly (no base class
   two integers, so a resumed run sees the same data).
 - :func:`choose_run_dir` (one directory for all processes, chosen by process 0),
   :func:`open_run_dir` (created once, ``config.json`` written), :class:`RunLog`
-  (``metrics.jsonl``, TensorBoard / W&B / MLflow, the progress bar), and
-  :func:`run_training`, the outer loop (evaluate before, train, evaluate after, save).
+  (``metrics.jsonl``, TensorBoard / W&B / MLflow, the progress bar), :func:`append_jsonl`
+  (``transcripts.jsonl``), and :func:`run_training`, the outer loop (evaluate before, train,
+  evaluate after, save).
 - :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: trainable
   weights, optimizer, scheduler, every process's RNG state and its own data order.
 - :func:`plot_curves`: reward and accuracy over steps, with the held-out before/after.
@@ -38,7 +39,9 @@ if TYPE_CHECKING:  # torch is imported where it is used, so reading a checkpoint
     import torch
 
 __all__ = [
+    "TRANSCRIPTS",
     "DataOrder",
+    "append_jsonl",
     "Processes",
     "RunLog",
     "checkpoint_trainer",
@@ -58,6 +61,9 @@ __all__ = [
     "truncate_metrics",
     "write_json",
 ]
+
+TRANSCRIPTS = "transcripts.jsonl"
+"""A run directory's episode log (``log_transcripts`` episodes per step), truncated on resume like ``metrics.jsonl``."""
 
 
 # =======================================================================================
@@ -261,11 +267,26 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (a resumed run rewrites them)."""
+    """Drop the lines of a JSONL log (``metrics.jsonl``, ``transcripts.jsonl``) after ``step`` (a
+    resumed run writes them again); a line cut short by a killed process is dropped too."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    lines = []
+    for ln in path.read_text().splitlines():
+        try:
+            keep = ln.strip() and json.loads(ln).get("step", 0) <= step
+        except (json.JSONDecodeError, AttributeError):
+            keep = False
+        if keep:
+            lines.append(ln)
     path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to a JSONL log, one JSON object per line."""
+    if rows:
+        with open(path, "a") as f:
+            f.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
 class RunLog:
@@ -465,6 +486,7 @@ def resume_trainer(trainer: Any, path: str | os.PathLike, model: torch.nn.Module
     trainer.step = int(state["step"])
     if trainer.processes.is_main:
         truncate_metrics(trainer.output_dir / "metrics.jsonl", trainer.step)
+        truncate_metrics(trainer.output_dir / TRANSCRIPTS, trainer.step)
     return data
 
 
