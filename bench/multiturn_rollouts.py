@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import time
 
-from rlvr.environments.code_feedback import CodeArithFeedback, run_visible_tests
+from rlvr.environments.code_feedback import CodeArithFeedback
 from rlvr.episodes import EpisodeLimits, run_episodes
 from rlvr.generation import SamplingConfig
 
@@ -30,11 +30,10 @@ from rlvr.generation import SamplingConfig
 class AlwaysFeedback(CodeArithFeedback):
     """``code_arith_feedback`` that never ends an episode early (the same sandbox work each turn)."""
 
-    def respond(self, task, messages, state):
-        failed = run_visible_tests(self.feedback, messages[-1]["content"], list(task.info["visible_tests"]))
+    def reply(self, task, failed):
         if not failed:
             return [{"role": "user", "content": "Both tests pass. Reply with the same function again."}]
-        return super().respond(task, messages, state)
+        return super().reply(task, failed)
 
 
 def cpu_name() -> str:

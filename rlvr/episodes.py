@@ -50,9 +50,22 @@ from typing import Any
 from rlvr.environments.base import Task
 from rlvr.environments.multiturn import MultiTurnEnvironment
 from rlvr.generation import Generation, SamplingConfig, encode_prompt
-from rlvr.rewards import Outcome, Sample
+from rlvr.rewards import Outcome, Reward, Sample, score_or_error
 
-__all__ = ["ChatTurns", "Episode", "EpisodeLimits", "call_with_deadline", "episode_sample", "episode_stats", "run_episodes", "turn_seed"]
+__all__ = [
+    "ChatTurns",
+    "Episode",
+    "EpisodeLimits",
+    "call_with_deadline",
+    "episode_limits",
+    "episode_metrics",
+    "episode_sample",
+    "episode_stats",
+    "run_episodes",
+    "sampled_mask",
+    "score_episodes",
+    "turn_seed",
+]
 
 # The base conversation's assistant reply: a marker no template changes and no tokenizer merges with its neighbours.
 _MARK = "RLVRTURNMARK"
@@ -106,6 +119,53 @@ class Episode(Generation):
     failure: Outcome | None = None
 
 
+def episode_limits(
+    env: Any,
+    max_turns: int | None = None,
+    max_episode_tokens: int = EpisodeLimits.max_episode_tokens,
+    turn_timeout_s: float = EpisodeLimits.turn_timeout_s,
+) -> EpisodeLimits | None:
+    """The limits of ``env``'s episodes: None for a single-turn environment; for a
+    :class:`~rlvr.environments.multiturn.MultiTurnEnvironment`, ``max_turns`` (else the
+    environment's own), ``max_episode_tokens`` and ``turn_timeout_s``.
+
+    Raises ValueError for ``max_turns`` > 1 on a single-turn environment, an environment whose
+    ``max_turns`` is not a positive integer, and a ``turn_timeout_s`` not longer than the
+    environment's own sandbox deadlines (``respond_deadline_s``: looping model code would then
+    make the episode TIMEOUT instead of being told to the model).
+    """
+    name = getattr(env, "name", None)
+    if not isinstance(env, MultiTurnEnvironment):
+        if max_turns is not None and max_turns > 1:
+            raise ValueError(
+                f"max_turns {max_turns}, but environment {name!r} is single-turn (it never answers the model); "
+                "leave max_turns unset or use a multi-turn environment (python -m rlvr list)"
+            )
+        return None
+    turns = max_turns if max_turns is not None else env.max_turns
+    if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
+        raise ValueError(f"environment {name!r} has max_turns={turns!r}; it must be a positive integer (or give max_turns)")
+    deadline = env.respond_deadline_s()
+    if deadline is not None and deadline >= turn_timeout_s:
+        raise ValueError(
+            f"turn_timeout_s {turn_timeout_s:g} s is not longer than the {deadline:g} s environment {name!r} may take to "
+            "answer by its own sandbox deadlines; raise turn_timeout_s or shorten the sandbox limits"
+        )
+    return EpisodeLimits(max_turns=turns, max_episode_tokens=max_episode_tokens, turn_timeout_s=turn_timeout_s)
+
+
+def sampled_mask(generation: Generation) -> list[int]:
+    """1 on each completion token the policy sampled: every token of a plain generation, the
+    ``model_mask`` of an :class:`Episode` (0 on the environment's tokens)."""
+    mask = getattr(generation, "model_mask", None)
+    n = len(generation.completion_ids)
+    if mask is None:
+        return [1] * n
+    if len(mask) != n:
+        raise ValueError(f"an episode's model_mask has {len(mask)} entries for {n} completion tokens")
+    return [int(bool(m)) for m in mask]
+
+
 def episode_sample(task: Task, episode: Generation) -> Sample:
     """What the reward scores: the task's prompt, the last assistant message, the task's reference,
     and (for an :class:`Episode`) ``info["messages"]`` / ``info["turns"]``."""
@@ -113,6 +173,35 @@ def episode_sample(task: Task, episode: Generation) -> Sample:
         return task.sample(episode.text)
     info = {**task.info, "messages": episode.messages, "turns": episode.turns}
     return Sample(task.prompt, episode.text, task.reference, info)
+
+
+def score_episodes(reward: Reward, tasks: Sequence[Task], generations: Sequence[Generation]) -> list[Outcome]:
+    """Each generation's outcome against ``tasks[g.prompt_index]``: an episode whose environment
+    failed keeps its ``failure`` (``ERROR`` / ``TIMEOUT``) and is not scored; the others are scored
+    in one batch on :func:`episode_sample` (a reward that raises makes them ``ERROR``, never 0)."""
+    outcomes: list[Outcome | None] = [getattr(g, "failure", None) for g in generations]
+    todo = [i for i, o in enumerate(outcomes) if o is None]
+    if todo:
+        scored = score_or_error(reward, [episode_sample(tasks[generations[i].prompt_index], generations[i]) for i in todo])
+        for i, o in zip(todo, scored):
+            outcomes[i] = o
+    return [o for o in outcomes if o is not None]
+
+
+def episode_metrics(stats: Sequence[Mapping[str, float] | None]) -> dict[str, float]:
+    """A batch's episode metrics from :func:`episode_stats` (None entries, single-turn
+    generations, are left out; empty when there is no episode): ``turns_mean``,
+    ``tool_calls_mean``, and the totals ``tool_errors``, ``tool_time_s``, ``masked_tokens``."""
+    episodes = [s for s in stats if s is not None]
+    if not episodes:
+        return {}
+    metrics = {
+        "turns_mean": sum(e["turns"] for e in episodes) / len(episodes),
+        "tool_calls_mean": sum(e["tool_calls"] for e in episodes) / len(episodes),
+    }
+    for key in ("tool_errors", "tool_time_s", "masked_tokens"):
+        metrics[key] = float(sum(e[key] for e in episodes))
+    return metrics
 
 
 def episode_stats(generation: Generation) -> dict[str, float] | None:

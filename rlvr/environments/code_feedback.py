@@ -147,7 +147,10 @@ class CodeArithFeedback(MultiTurnEnvironment):
 
     def respond(self, task: Task, messages: list[dict], state: Any) -> list[dict] | None:
         """None when the visible tests pass; else which failed and what ``f`` did."""
-        failed = run_visible_tests(self.feedback, messages[-1]["content"], list(task.info["visible_tests"]))
+        return self.reply(task, run_visible_tests(self.feedback, messages[-1]["content"], list(task.info["visible_tests"])))
+
+    def reply(self, task: Task, failed: list[str]) -> list[dict] | None:
+        """The message after an answer whose visible tests ``failed`` (one line each); None when none did."""
         if not failed:
             return None
         total = len(task.info["visible_tests"])

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.environments.base import Environment, Task
-from rlvr.rewards import Reward, Status, score_or_error
+from rlvr.rewards import Reward, Status
 
 __all__ = ["add_parser", "evaluate_environment", "pass_at_k"]
 
@@ -91,14 +91,12 @@ def evaluate_environment(
         limits: An :class:`~rlvr.episodes.EpisodeLimits` (a trainer's); overrides ``max_turns``.
     """
     from rlvr.environments.multiturn import MultiTurnEnvironment
-    from rlvr.episodes import EpisodeLimits, episode_sample, episode_stats, run_episodes
+    from rlvr.episodes import episode_limits, episode_metrics, episode_stats, run_episodes, sampled_mask, score_episodes
     from rlvr.generation import SamplingConfig
 
-    multi = isinstance(env, MultiTurnEnvironment)
-    if not multi and max_turns is not None and max_turns > 1:
-        raise ValueError(f"max_turns={max_turns}, but environment {getattr(env, 'name', None)!r} is single-turn; leave it out")
-    if multi and limits is None:
-        limits = EpisodeLimits(max_turns=max_turns if max_turns is not None else env.max_turns)
+    if limits is None:
+        limits = episode_limits(env, max_turns)
+    multi = limits is not None and isinstance(env, MultiTurnEnvironment)
 
     if tasks is None:
         if env is None:
@@ -128,16 +126,11 @@ def evaluate_environment(
         generations = generator.generate([tasks[i].prompt for i in mine], n=n, sampling=sampling)
     gen_time = time.perf_counter() - start
     start = time.perf_counter()
-    outcomes: list[Any] = [getattr(g, "failure", None) for g in generations]  # an episode whose environment failed
-    todo = [i for i, o in enumerate(outcomes) if o is None]
-    if todo:
-        scored = score_or_error(reward, [episode_sample(tasks[mine[generations[i].prompt_index]], generations[i]) for i in todo])
-        for i, o in zip(todo, scored):
-            outcomes[i] = o
+    outcomes = score_episodes(reward, [tasks[i] for i in mine], generations)
     reward_time = time.perf_counter() - start
     if own_reward and hasattr(reward, "close"):
         reward.close()
-    sampled = [_sampled_tokens(g) for g in generations]
+    sampled = [sum(sampled_mask(g)) for g in generations]
     rows = [
         (mine[g.prompt_index], o.status.value, o.score, k, g.text, o.reason, episode_stats(g), getattr(g, "messages", None))
         for g, o, k in zip(generations, outcomes, sampled)
@@ -169,22 +162,11 @@ def evaluate_environment(
             for i, _, _, _, text, why, _, messages in rows[:num_examples]
         ],
     }  # fmt: skip
-    episodes = [r[6] for r in rows if r[6] is not None]
     if multi:
         result["max_turns"] = limits.max_turns
         result["env_time_s"] = episode_timing.get("env_time_s", 0.0)
-    if episodes:
-        result["turns_mean"] = sum(e["turns"] for e in episodes) / len(episodes)
-        result["tool_calls_mean"] = sum(e["tool_calls"] for e in episodes) / len(episodes)
-        for key in ("tool_errors", "tool_time_s", "masked_tokens"):
-            result[key] = sum(e[key] for e in episodes)
+    result.update(episode_metrics([r[6] for r in rows]))
     return result
-
-
-def _sampled_tokens(generation: Any) -> int:
-    """Tokens the policy sampled: all of a completion's, an episode's ``model_mask`` ones."""
-    mask = getattr(generation, "model_mask", None)
-    return len(generation.completion_ids) if mask is None else sum(mask)
 
 
 def _last_message(prompt: Any) -> str:
@@ -278,27 +260,10 @@ def _env_cmd(args: argparse.Namespace) -> int:
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
     if args.max_turns is not None and args.max_turns < 1:
         raise ValueError(f"--max-turns must be >= 1, got {args.max_turns}")
-    env_kwargs = _mapping(args.env_kwargs, "--env-kwargs")
-    env = make_environment(args.env, **env_kwargs)
-    limits = None
-    from rlvr.environments.multiturn import MultiTurnEnvironment
+    from rlvr.episodes import episode_limits
 
-    if isinstance(env, MultiTurnEnvironment):
-        from rlvr.episodes import EpisodeLimits
-
-        limits = EpisodeLimits(
-            max_turns=args.max_turns if args.max_turns is not None else env.max_turns,
-            max_episode_tokens=VLLM_MAX_MODEL_LEN,
-            turn_timeout_s=args.turn_timeout_s,
-        )
-        deadline = env.respond_deadline_s()
-        if deadline is not None and deadline >= args.turn_timeout_s:
-            raise ValueError(
-                f"--turn-timeout-s {args.turn_timeout_s:g} is not longer than the {deadline:g} s {args.env!r} may take to answer "
-                "by its own sandbox deadlines; raise it"
-            )
-    elif args.max_turns is not None and args.max_turns > 1:
-        raise ValueError(f"--max-turns {args.max_turns}: environment {args.env!r} is single-turn; leave --max-turns out")
+    env = make_environment(args.env, **_mapping(args.env_kwargs, "--env-kwargs"))
+    limits = episode_limits(env, args.max_turns, VLLM_MAX_MODEL_LEN, args.turn_timeout_s)  # before any model loads
     generator = _load_generator(args.model, args.generator)
     result = evaluate_environment(
         env, generator, n=args.n, ks=ks, split=args.split, limit=args.limit, max_new_tokens=args.max_new_tokens,

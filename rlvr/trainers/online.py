@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from rlvr.environments.base import Environment, Task
-from rlvr.environments.multiturn import MultiTurnEnvironment
-from rlvr.episodes import ChatTurns, Episode, EpisodeLimits
+from rlvr.episodes import ChatTurns, Episode, EpisodeLimits, sampled_mask
+from rlvr.episodes import episode_limits as limits_for_env
 from rlvr.eval.env import evaluate_environment
 from rlvr.generation import Generator, SamplingConfig
 from rlvr.rewards import Reward, Status
@@ -86,8 +86,8 @@ class TaskData:
         eval_tasks: The held-out tasks (system prompt applied, at most ``eval_max_tasks``).
         shard: Indices of ``train_tasks`` this process draws from.
         order: This process's seeded order over its shard (part of every checkpoint).
-        env: The environment (None when only tasks and a reward were given).
-        limits: A multi-turn environment's episode limits; None for single-turn sampling.
+        env: The multi-turn environment whose episodes are played; None for single-turn sampling.
+        limits: Its episode limits (None with ``env``).
     """
 
     reward: Reward
@@ -126,34 +126,14 @@ def environment_and_reward(config: OnlineConfig) -> tuple[Environment, Reward | 
 
 
 def episode_limits(config: OnlineConfig, env: Environment | None) -> EpisodeLimits | None:
-    """The episode limits of a run on ``env``: None for a single-turn environment; for a
-    :class:`~rlvr.environments.multiturn.MultiTurnEnvironment`, ``max_turns`` (the config's, else
-    the environment's), ``max_episode_tokens`` (else ``vllm_max_model_len``) and ``turn_timeout_s``.
-
-    Raises :class:`ConfigError` for ``max_turns`` > 1 on a single-turn environment, and for an
-    environment whose own sandbox deadlines (``respond_deadline_s``) are not shorter than
-    ``turn_timeout_s`` (looping model code would then make the episode TIMEOUT instead of
-    being told to the model).
-    """
-    who = type(config).__name__
-    if not isinstance(env, MultiTurnEnvironment):
-        if config.max_turns is not None and config.max_turns > 1:
-            raise ConfigError(
-                f"{who}.max_turns: {config.max_turns} turns, but environment {getattr(env, 'name', None)!r} is single-turn "
-                "(it never answers the model); leave max_turns unset or use a multi-turn environment (python -m rlvr list)"
-            )
-        return None
-    deadline = env.respond_deadline_s()
-    if deadline is not None and deadline >= config.turn_timeout_s:
-        raise ConfigError(
-            f"{who}.turn_timeout_s: {config.turn_timeout_s:g} s is not longer than the {deadline:g} s environment "
-            f"{env.name!r} may take to answer by its own sandbox deadlines; raise turn_timeout_s or shorten the sandbox limits"
-        )
-    max_turns = config.max_turns if config.max_turns is not None else env.max_turns
-    if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
-        raise ConfigError(f"environment {env.name!r} has max_turns={max_turns!r}; it must be a positive integer (or set {who}.max_turns)")
+    """The episode limits of a run on ``env`` (:func:`rlvr.episodes.episode_limits` with the
+    config's ``max_turns``, ``max_episode_tokens`` -- else ``vllm_max_model_len`` -- and
+    ``turn_timeout_s``): None for a single-turn environment; its refusals as :class:`ConfigError`."""
     tokens = config.max_episode_tokens if config.max_episode_tokens is not None else config.vllm_max_model_len
-    return EpisodeLimits(max_turns=max_turns, max_episode_tokens=tokens, turn_timeout_s=config.turn_timeout_s)
+    try:
+        return limits_for_env(env, config.max_turns, tokens, config.turn_timeout_s)
+    except ValueError as exc:
+        raise ConfigError(f"{type(config).__name__}: {exc}") from None
 
 
 def prepare_tasks(
@@ -186,7 +166,8 @@ def prepare_tasks(
         raise ConfigError(
             f"{len(train)} training task(s) cannot feed {processes.world_size} processes; use fewer processes or more training tasks"
         )
-    return TaskData(reward, train, held_out, shard, run.DataOrder(len(shard), config.seed + processes.rank), env, limits)
+    order = run.DataOrder(len(shard), config.seed + processes.rank)
+    return TaskData(reward, train, held_out, shard, order, env if limits is not None else None, limits)
 
 
 def set_up(
@@ -271,7 +252,7 @@ def collect_groups(
         sampling = SamplingConfig(config.temperature, config.top_p, config.top_k, config.max_completion_length, seed)
         batch = rollouts.generate_and_score(
             generator, data.reward, tasks, n, sampling, config.reward_overlap_chunks, timing,
-            env=data.env if data.limits is not None else None, limits=data.limits,
+            env=data.env, limits=data.limits,
         )  # fmt: skip
         rounds += 1
         for g in range(len(tasks)):
@@ -304,7 +285,7 @@ def evaluate_policy(
     split over the processes; ``tasks`` defaults to the held-out tasks."""
     start = time.perf_counter()
     result = evaluate_environment(
-        data.env if data.limits is not None else None,
+        data.env,
         generator,
         tasks=list(data.eval_tasks if tasks is None else tasks),
         reward=data.reward,
@@ -398,7 +379,7 @@ def loss_token_counts(batch: Sequence[Rollout], mask_truncated: bool) -> torch.T
     completion when ``mask_truncated`` -- without building any tensor of the batch."""
     return torch.tensor(
         [
-            0.0 if mask_truncated and r.generation.finish_reason == "length" else float(sum(rollouts.sampled_mask(r.generation)))
+            0.0 if mask_truncated and r.generation.finish_reason == "length" else float(sum(sampled_mask(r.generation)))
             for r in batch
         ]
     )

@@ -36,9 +36,9 @@ import torch
 
 from rlvr.environments.base import Task
 from rlvr.environments.multiturn import MultiTurnEnvironment
-from rlvr.episodes import Episode, EpisodeLimits, episode_sample, episode_stats, run_episodes
+from rlvr.episodes import EpisodeLimits, episode_metrics, episode_stats, run_episodes, sampled_mask, score_episodes
 from rlvr.generation import Generation, Generator, HFGenerator, SamplingConfig, VLLMGenerator, choose_generator, engine_dtype
-from rlvr.rewards import Outcome, Reward, Status, score_or_error
+from rlvr.rewards import Outcome, Reward, Status
 from rlvr.trainers.modeling import Policy, policy_state_dict
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "pack_rollouts",
     "reward_metrics",
     "rollout_row",
-    "sampled_mask",
     "sampling_seed",
     "score_generations",
     "sync_generator",
@@ -169,13 +168,8 @@ def score_generations(reward: Reward, tasks: Sequence[Task], gens: Sequence[Gene
     scored on :func:`~rlvr.episodes.episode_sample` (the last assistant message, the messages in ``info``).
     """
     start = time.perf_counter()
-    outcomes: list[Outcome | None] = [g.failure if isinstance(g, Episode) else None for g in gens]
-    todo = [i for i, o in enumerate(outcomes) if o is None]
-    if todo:
-        scored = score_or_error(reward, [episode_sample(tasks[gens[i].prompt_index], gens[i]) for i in todo])
-        for i, o in zip(todo, scored):
-            outcomes[i] = o
-    return [o for o in outcomes if o is not None], time.perf_counter() - start
+    outcomes = score_episodes(reward, tasks, gens)
+    return outcomes, time.perf_counter() - start
 
 
 def generate_and_score(
@@ -285,18 +279,6 @@ def batch_tensors(rollouts: Sequence[Rollout], pad_id: int, max_row_tokens: int 
         "sampler_logp": sampler,
         **packed,
     }
-
-
-def sampled_mask(generation: Generation) -> list[int]:
-    """1 on each completion token the policy sampled: every token of a plain generation, the
-    ``model_mask`` of an :class:`~rlvr.episodes.Episode` (0 on the environment's tokens)."""
-    mask = getattr(generation, "model_mask", None)
-    n = len(generation.completion_ids)
-    if mask is None:
-        return [1] * n
-    if len(mask) != n:
-        raise ValueError(f"an episode's model_mask has {len(mask)} entries for {n} completion tokens")
-    return [int(bool(m)) for m in mask]
 
 
 def pack_rollouts(
@@ -462,10 +444,5 @@ def reward_metrics(rows: Sequence[Row], correct_threshold: float) -> dict[str, f
     for row in rows:
         for key, value in row[4].items():
             metrics[key] = metrics.get(key, 0.0) + value
-    episodes = [row[5] for row in rows if len(row) > 5 and row[5] is not None]
-    if episodes:
-        metrics["turns_mean"] = float(np.mean([e["turns"] for e in episodes]))
-        metrics["tool_calls_mean"] = float(np.mean([e["tool_calls"] for e in episodes]))
-        for key in ("tool_errors", "tool_time_s", "masked_tokens"):
-            metrics[key] = float(sum(e[key] for e in episodes))
+    metrics.update(episode_metrics([row[5] for row in rows]))
     return metrics
