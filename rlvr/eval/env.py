@@ -217,7 +217,7 @@ def _mapping(text: str | None, flag: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{flag} must be a JSON or YAML mapping, got {text!r} ({exc})") from None
+        raise ValueError(f"{flag} must be a JSON or YAML mapping, got {text!r} ({' '.join(str(exc).split())})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{flag} must be a mapping like '{{levels: [1]}}', got {text!r}")
     return value
