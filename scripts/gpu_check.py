@@ -20,7 +20,12 @@ and exits 1 if any check failed. Checks, in order:
    and with ``generator=hf``: median step time, generation tokens/s, and the importance-ratio
    spread (vLLM: the median over steps 2.. of each step's p5 / p95 within 0.95-1.05);
    and 3 steps of GRPO on ``code_arith_feedback`` (3 turns, bubblewrap feedback) with vLLM;
-8. with two or more GPUs, ``torchrun --nproc_per_node 2 -m rlvr.train --generator vllm``.
+8. with two or more GPUs, ``torchrun --nproc_per_node 2 -m rlvr.train --generator vllm``;
+9. the generation server: ``python -m rlvr serve-generation`` on its own GPU (the second one where there
+   are two, else beside the trainer with 0.3 of the card), then the GRPO run through it with
+   ``--generator vllm_server`` at ``max_staleness`` 0 and 1: median step, weight push per step,
+   staleness, and the speedup of K=1 over K=0 (generation overlapping training); then a few steps with
+   ``--weight_transport nccl`` (NCCL from the trainer's GPU to the server's workers).
 
 Designed to finish in under 10 minutes on one GPU.
 """
@@ -230,7 +235,75 @@ def grpo_run(generator: str, steps: int, out: Path, extra: list[str] | None = No
         "is_p95": statistics.median(r.get("is_ratio_p95", 1.0) for r in rows[1:] or rows),
         "reward_first_last": (rows[0]["reward_mean"], rows[-1]["reward_mean"]),
         "turns_mean": statistics.mean(r.get("turns_mean", 1.0) for r in rows),
+        "staleness_max": max(r.get("staleness_max", 0) for r in rows),
+        "push_s": statistics.median(r.get("weight_push_time_s", r.get("weight_sync_time_s", 0.0)) for r in rows),
     }
+
+
+def server_checks(steps: int, tmp: Path, on_gpu: bool) -> None:
+    """Section 9: the GRPO run through a generation server, synchronous and with max_staleness 1."""
+    import socket
+
+    import torch
+
+    from rlvr.generation_server import GenerationServerError, check_link
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ)
+    if on_gpu and torch.cuda.device_count() >= 2:
+        env["CUDA_VISIBLE_DEVICES"] = "1"  # the server on its own GPU; the trainer keeps GPU 0
+    log = open(tmp / "server.log", "w")
+    cmd = [sys.executable, "-m", "rlvr", "serve-generation", "--port", str(port)]
+    if on_gpu and torch.cuda.device_count() < 2:
+        cmd += ["--gpu-memory-utilization", "0.3"]
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        start = time.perf_counter()
+        while True:
+            try:
+                check_link(url, timeout_s=600)
+                break
+            except GenerationServerError:
+                if server.poll() is not None or time.perf_counter() - start > 600:
+                    raise
+                time.sleep(1)
+        report("PASS", "generation server start", f"ready in {time.perf_counter() - start:.0f} s")
+        runs = {}
+        for k in (0, 1):
+            extra = ["--vllm_server_url", url, "--max_staleness", str(k)]
+            r = runs[k] = grpo_run("vllm_server", steps, tmp / f"server-k{k}", extra)
+            if "error" in r:
+                report("FAIL", f"GRPO vllm_server K={k}", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+                continue
+            check(f"GRPO vllm_server K={k}", r["staleness_max"] == k and 0.8 <= r["is_p5"] and r["is_p95"] <= 1.25,
+                  f"{steps} steps, median step {r['median_step_s']:.2f} s, weight push {r['push_s']:.3f} s/step, "
+                  f"staleness max {r['staleness_max']}, IS ratio p5/p95 {r['is_p5']:.3f}/{r['is_p95']:.3f}, "
+                  f"reward {r['reward_first_last'][0]:.2f} -> {r['reward_first_last'][1]:.2f}")  # fmt: skip
+        if on_gpu:  # NCCL weight push, device to device (written for GPUs; this is where it first runs)
+            r = grpo_run("vllm_server", min(steps, 5), tmp / "server-nccl", ["--vllm_server_url", url, "--weight_transport", "nccl"])
+            if "error" in r:
+                report("FAIL", "GRPO vllm_server nccl", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+            else:
+                check("GRPO vllm_server nccl", 0.8 <= r["is_p5"] and r["is_p95"] <= 1.25,
+                      f"{min(steps, 5)} steps, weight push {r['push_s']:.3f} s/step (shm: "
+                      f"{runs[0].get('push_s', float('nan')):.3f}), IS ratio p5/p95 {r['is_p5']:.3f}/{r['is_p95']:.3f}")  # fmt: skip
+        else:
+            report("SKIP", "GRPO vllm_server nccl", "NCCL needs a GPU on both sides")
+        if all("error" not in r for r in runs.values()):
+            report("INFO", "max_staleness 1 vs 0 through the server",
+                   f"median step {runs[0]['median_step_s']:.2f} s -> {runs[1]['median_step_s']:.2f} s "
+                   f"({runs[0]['median_step_s'] / runs[1]['median_step_s']:.2f}x)")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 -- a crash is a failed check
+        report("FAIL", "generation server", f"{type(exc).__name__}: {exc}; log: {tmp / 'server.log'}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main() -> int:
@@ -293,6 +366,10 @@ def main() -> int:
                   "3 steps" if proc.returncode == 0 else proc.stderr[-300:])  # fmt: skip
         else:
             report("SKIP", "torchrun x2 with vLLM", f"{torch.cuda.device_count() if on_gpu else 0} GPU(s) here; needs 2")
+        if vllm_available():
+            server_checks(args.steps, Path(tmp), on_gpu)
+        else:
+            report("FAIL" if on_gpu else "SKIP", "generation server", "vllm is not installed")
     failed = [r for r in RESULTS if r[0] == "FAIL"]
     print(f"{len(RESULTS) - len(failed)} checks passed or skipped, {len(failed)} failed", flush=True)
     return 1 if failed else 0

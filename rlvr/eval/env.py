@@ -194,7 +194,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system-prompt", default=None, help="a system message before every prompt that has none (as the training run had)")
-    p.add_argument("--generator", default="auto", choices=GENERATORS, help="generation backend (auto: vLLM if installed)")
+    p.add_argument("--generator", default="auto", choices=[g for g in GENERATORS if g != "vllm_server"], help="generation backend (auto: vLLM if installed)")
     p.add_argument(
         "--max-turns", "--max_turns", dest="max_turns", type=int, default=None,
         help="a multi-turn environment's most model turns (default: the environment's own; 1 = no replies from it)",

@@ -36,7 +36,7 @@ from rlvr.environments.base import Environment, Task
 from rlvr.experimental.reinforce_pp_config import ReinforcePPConfig
 from rlvr.generation import Generator
 from rlvr.rewards import Reward, Status
-from rlvr.trainers import modeling, online, rollouts, run
+from rlvr.trainers import modeling, online, rollouts
 from rlvr.trainers.grpo_trainer import truncated_importance_weights
 from rlvr.trainers.rollouts import Rollout
 
@@ -255,8 +255,8 @@ class ReinforcePPTrainer:
         modeling.save_policy(self.policy, path, self.processes)
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        return run.checkpoint_trainer(self, path, self.data.order.state())
+        """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order (and the batches in flight)."""
+        return online.checkpoint(self, path)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

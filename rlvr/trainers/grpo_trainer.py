@@ -59,7 +59,7 @@ import torch
 from rlvr.environments.base import Environment, Task
 from rlvr.generation import Generator
 from rlvr.rewards import Reward, Status
-from rlvr.trainers import modeling, online, rollouts, run
+from rlvr.trainers import modeling, online, rollouts
 from rlvr.trainers.grpo_config import GRPOConfig
 from rlvr.trainers.modeling import selective_log_softmax
 from rlvr.trainers.rollouts import Rollout, sampling_seed
@@ -367,8 +367,8 @@ class GRPOTrainer:
         modeling.save_policy(self.policy, path, self.processes)
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order."""
-        return run.checkpoint_trainer(self, path, self.data.order.state())
+        """Everything ``resume`` needs: weights, optimizer, scheduler, RNG states, step, data order (and the batches in flight)."""
+        return online.checkpoint(self, path)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

@@ -11,7 +11,9 @@ REINFORCE++) shares, as plain functions a trainer file calls.
   answered), this process's shard of the training tasks and its seeded order, and for a
   multi-turn environment its :class:`~rlvr.episodes.EpisodeLimits` (:func:`episode_limits`).
 - :func:`collect_groups`: one step's scored groups of ``num_generations`` completions,
-  with dynamic sampling (DAPO) when the config asks for it.
+  with dynamic sampling (DAPO) when the config asks for it (:func:`sample_groups`, which makes no
+  collective call, then :func:`group_metrics`); with ``max_staleness >= 1`` the batches are made
+  ahead in a thread (:mod:`rlvr.trainers.async_rollouts`).
 - :func:`evaluate_policy`: greedy held-out evaluation split over the processes.
 - Pieces of a training step that every method runs the same way: :func:`loss_masks`,
   :func:`loss_token_counts`, :func:`rows_to_train` (rows whose gradient is exactly 0 cost
@@ -20,7 +22,10 @@ REINFORCE++) shares, as plain functions a trainer file calls.
 - :func:`train` / :func:`training_step`: a trainer's ``train`` and the frame of its
   ``training_step`` (collect, write ``log_transcripts`` episodes to ``transcripts.jsonl``,
   then the method's own ``_train_on``).
-- :func:`resume_run`: a checkpoint loaded back into a trainer, the generator synced.
+- :func:`checkpoint` / :func:`resume_run`: a trainer's checkpoint (with the batches in flight)
+  and its way back, the generator synced.
+- :func:`stop_for_server`: a generation server that stayed away past ``server_timeout_s`` stops
+  the run with a resumable checkpoint and a message saying how to go on.
 - :func:`resolved_settings`: what ``config.json`` records about the precision and engine
   actually chosen.
 
@@ -34,6 +39,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,15 +49,24 @@ from rlvr.episodes import ChatTurns, Episode, EpisodeLimits, sampled_mask
 from rlvr.episodes import episode_limits as limits_for_env
 from rlvr.eval.env import evaluate_environment
 from rlvr.generation import Generator, SamplingConfig
+from rlvr.generation_server import GenerationServerUnavailable
 from rlvr.rewards import Reward, Status
 from rlvr.trainers import modeling, rollouts, run
+from rlvr.trainers.async_rollouts import AsyncRollouts, staleness_metrics
 from rlvr.trainers.config import ConfigError
 from rlvr.trainers.modeling import Policy
 from rlvr.trainers.online_config import OnlineConfig
 from rlvr.trainers.rollouts import Rollout, sampling_seed
 
 __all__ = [
+    "IN_FLIGHT",
+    "Collected",
     "TaskData",
+    "checkpoint",
+    "group_metrics",
+    "sample_groups",
+    "stop_async",
+    "stop_for_server",
     "finish_set_up",
     "set_up",
     "collect_groups",
@@ -74,6 +89,10 @@ __all__ = [
     "transcript_rows",
     "zero_missing_grads",
 ]
+
+
+IN_FLIGHT = "in_flight"
+"""A checkpoint's batches generated ahead (``max_staleness >= 1``), per process: ``in_flight.pt``."""
 
 
 @dataclass
@@ -223,6 +242,17 @@ def finish_set_up(trainer: Any, generator: Generator | None, desc: str, params: 
     trainer.history = trainer.log.history
 
 
+@dataclass
+class Collected:
+    """One step's scored groups on this process (:func:`sample_groups`) and the counts its metrics need."""
+
+    rollouts: list[Rollout]
+    rounds: int
+    seen_groups: int
+    tie_groups: int
+    num_groups: int
+
+
 def collect_groups(
     generator: Generator,
     data: TaskData,
@@ -239,16 +269,38 @@ def collect_groups(
     dropped and more prompts are sampled, at most ``max_dynamic_sampling_rounds`` rounds;
     the step trains on what it has then (with several processes, filled up with tied groups
     so every process runs the same number of backward passes). Logs
-    ``dynamic_sampling_rounds``, ``frac_zero_std_groups`` and ``num_groups`` into ``metrics``.
+    ``dynamic_sampling_rounds``, ``frac_zero_std_groups`` and ``num_groups`` into ``metrics``
+    (:func:`sample_groups`, then :func:`group_metrics`).
     """
+    collected = sample_groups(generator, data, config, step, processes.rank, processes.world_size, timing)
+    metrics.update(group_metrics(collected, processes))
+    return collected.rollouts
+
+
+def group_metrics(collected: Collected, processes: run.Processes) -> dict[str, Any]:
+    """``dynamic_sampling_rounds``, ``frac_zero_std_groups`` and ``num_groups`` of a step, over every process."""
+    c = collected
+    rounds_sum, seen_groups, tie_groups, num_groups = processes.sum(c.rounds, c.seen_groups, c.tie_groups, c.num_groups)
+    return {
+        "dynamic_sampling_rounds": c.rounds if processes.world_size == 1 else rounds_sum / processes.world_size,
+        "frac_zero_std_groups": tie_groups / max(seen_groups, 1),
+        "num_groups": int(num_groups),
+    }
+
+
+def sample_groups(
+    generator: Generator, data: TaskData, config: OnlineConfig, step: int, rank: int, world_size: int, timing: dict[str, float]
+) -> Collected:
+    """This process's part of :func:`collect_groups`, with no collective call (asynchronous rollouts
+    run it in a thread of their own)."""
     n = config.num_generations
-    want = config.generation_batch_size // n // processes.world_size  # this process's share
+    want = config.generation_batch_size // n // world_size  # this process's share
     kept: list[list[Rollout]] = []
     dropped: list[list[Rollout]] = []
     rounds, seen_groups, tie_groups = 0, 0, 0
     while len(kept) < want and rounds < (config.max_dynamic_sampling_rounds if config.dynamic_sampling else 1):
         tasks = data.take(want - len(kept))
-        seed = sampling_seed(config.seed, step, rounds, processes.rank)
+        seed = sampling_seed(config.seed, step, rounds, rank)
         sampling = SamplingConfig(config.temperature, config.top_p, config.top_k, config.max_completion_length, seed)
         batch = rollouts.generate_and_score(
             generator, data.reward, tasks, n, sampling, config.reward_overlap_chunks, timing,
@@ -263,14 +315,10 @@ def collect_groups(
             (dropped if config.dynamic_sampling and ties else kept).append(group)
     if not kept:  # every group tied: train on them anyway (their advantages are 0)
         kept = dropped[:want]
-    elif processes.world_size > 1 and len(kept) < want:
+    elif world_size > 1 and len(kept) < want:
         # every process must run the same number of backward passes: fill up with tied groups
         kept += dropped[: want - len(kept)]
-    rounds_sum, seen_groups, tie_groups, num_groups = processes.sum(rounds, seen_groups, tie_groups, len(kept))
-    metrics["dynamic_sampling_rounds"] = rounds if processes.world_size == 1 else rounds_sum / processes.world_size
-    metrics["frac_zero_std_groups"] = tie_groups / max(seen_groups, 1)
-    metrics["num_groups"] = int(num_groups)
-    return [r for group in kept for r in group]
+    return Collected([r for group in kept for r in group], rounds, seen_groups, tie_groups, len(kept))
 
 
 def evaluate_policy(
@@ -303,23 +351,82 @@ def evaluate_policy(
 def train(trainer: Any) -> dict[str, Any]:
     """An online trainer's ``train``: :func:`rlvr.trainers.run.run_training` to ``max_steps``
     (evaluating before and after when configured), ``config.json`` recording the precision and
-    engine chosen; returns the eval summary."""
-    return run.run_training(trainer, resolved_settings(trainer.policy, trainer.generator), has_eval=bool(trainer.eval_tasks))
+    engine chosen; returns the eval summary. Asynchronous rollouts are stopped when it returns or fails."""
+    try:
+        return run.run_training(trainer, resolved_settings(trainer.policy, trainer.generator), has_eval=bool(trainer.eval_tasks))
+    finally:
+        stop_async(trainer)
 
 
 def training_step(trainer: Any, train_on: Any) -> dict[str, Any]:
-    """An online trainer's ``training_step``: one step's scored groups (:func:`collect_groups`),
+    """An online trainer's ``training_step``: one step's scored groups (:func:`collect_groups`; with
+    ``max_staleness >= 1``, the batch generated in the background, :class:`~rlvr.trainers.async_rollouts.AsyncRollouts`),
     the generator put to sleep (on GPU vLLM gives its memory to the backward pass until it
     generates again), then the method's own ``train_on(batch, metrics, timing)``, which logs the
-    step; returns the last logged metrics."""
+    step; returns the last logged metrics. A generation server that stays away past
+    ``server_timeout_s`` stops the run with a resumable checkpoint (:func:`stop_for_server`)."""
     timing = rollouts.new_timing()
     metrics: dict[str, Any] = {}
-    batch = collect_groups(trainer.generator, trainer.data, trainer.config, trainer.step, trainer.processes, metrics, timing)
+    try:
+        if trainer.config.max_staleness:
+            batch = _take_async(trainer, metrics, timing)
+        else:
+            batch = collect_groups(trainer.generator, trainer.data, trainer.config, trainer.step, trainer.processes, metrics, timing)
+            metrics.update(staleness_metrics(batch, trainer.step))
+    except GenerationServerUnavailable as exc:
+        stop_for_server(trainer, exc, save=True)
     if trainer.config.log_transcripts and trainer.processes.is_main:
         run.append_jsonl(trainer.output_dir / run.TRANSCRIPTS, transcript_rows(batch, trainer.config.log_transcripts, trainer.step + 1))
-    trainer.generator.sleep()
+    if not trainer.config.max_staleness:
+        trainer.generator.sleep()
     train_on(batch, metrics, timing)
     return trainer.history[-1] if trainer.history else metrics
+
+
+def _take_async(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) -> list[Rollout]:
+    """The batch the background generation made for this step (starting it at the first step)."""
+    cfg, processes = trainer.config, trainer.processes
+    async_rollouts = getattr(trainer, "async_rollouts", None)
+    if async_rollouts is None:
+
+        def sample(generator: Generator, step: int, t: dict[str, float]) -> Collected:
+            return sample_groups(generator, trainer.data, cfg, step, processes.rank, processes.world_size, t)
+
+        restored = getattr(trainer, "restored_in_flight", None) or []
+        trainer.async_rollouts = async_rollouts = AsyncRollouts(trainer, trainer.generator, sample, restored)
+        trainer.restored_in_flight = None
+    wait = time.perf_counter()
+    ready = async_rollouts.take(trainer.step)
+    metrics.update(group_metrics(ready.collected, processes))
+    batch = ready.collected.rollouts
+    metrics.update(staleness_metrics(batch, trainer.step))
+    metrics["rollout_wait_s"] = time.perf_counter() - wait  # what the overlap did not hide
+    metrics["weight_push_time_s"] = ready.push_s
+    for key in ("generation_time_s", "generated_tokens", "reward_time_s", "reward_compute_s"):
+        timing[key] += ready.timing[key]
+    if "env_time_s" in ready.timing:
+        timing["env_time_s"] = timing.get("env_time_s", 0.0) + ready.timing["env_time_s"]
+    return batch
+
+
+def stop_async(trainer: Any) -> None:
+    """Stop a run's background generation, if it has one."""
+    async_rollouts = getattr(trainer, "async_rollouts", None)
+    if async_rollouts is not None:
+        async_rollouts.close()
+        trainer.async_rollouts = None
+
+
+def stop_for_server(trainer: Any, exc: GenerationServerUnavailable, save: bool) -> None:
+    """Stop a run whose generation server stayed away: a checkpoint of the step reached (one process;
+    with several, the last ``save_steps`` checkpoint is where to resume), then the error, saying how to go on."""
+    if trainer.processes.world_size == 1:  # the batches finished in the background go into it
+        path = trainer.save_checkpoint() if save else trainer.output_dir / f"checkpoint-{trainer.step}"
+        where = f" Checkpoint of step {trainer.step}: {path}; once the server is back, resume with --resume {trainer.output_dir}."
+    else:
+        where = f" Resume from the run's last checkpoint (save_steps) with --resume {trainer.output_dir} once the server is back."
+    stop_async(trainer)
+    raise GenerationServerUnavailable(f"{exc}.{where}") from None
 
 
 def transcript_rows(batch: Sequence[Rollout], k: int, step: int) -> list[dict[str, Any]]:
@@ -345,27 +452,51 @@ def transcript_rows(batch: Sequence[Rollout], k: int, step: int) -> list[dict[st
     return rows
 
 
+def checkpoint(trainer: Any, path: str | os.PathLike | None = None, model: torch.nn.Module | None = None) -> Path:
+    """An online trainer's ``save_checkpoint``: :func:`rlvr.trainers.run.checkpoint_trainer` with the
+    data order and, with asynchronous rollouts, the batches in flight (generated from weights
+    older than this step's; :meth:`~rlvr.trainers.async_rollouts.AsyncRollouts.in_flight`) and
+    the data order after them."""
+    async_rollouts = getattr(trainer, "async_rollouts", None)
+    order, objects = trainer.data.order.state(), None
+    if async_rollouts is not None:
+        done, order = async_rollouts.in_flight(trainer.step)
+        objects = {IN_FLIGHT: done}
+    return run.checkpoint_trainer(trainer, path, order, model=model, objects=objects)
+
+
 def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> int:
     """Load a checkpoint into an online trainer and return its step.
 
     ``trainer`` provides ``processes``, ``model`` (or ``model`` is given: PPO's policy with its
     value head), ``optimizer``, ``scheduler``, ``name``, ``data`` (:class:`TaskData`),
     ``output_dir``, ``generator`` and ``policy``: the weights, optimizer, schedule, RNG states
-    and data order are restored (:func:`rlvr.trainers.run.resume_trainer`) and the generator
-    given the restored weights.
+    and data order are restored (:func:`rlvr.trainers.run.resume_trainer`), the generator
+    given the restored weights, and the batches that were in flight (``max_staleness >= 1``)
+    kept for the first steps.
     """
     trainer.data.order.load(run.resume_trainer(trainer, path, model))
-    rollouts.sync_generator(trainer.generator, trainer.policy)
+    rollouts.sync_generator(trainer.generator, trainer.policy, version=trainer.step)
+    in_flight = run.load_checkpoint_object(path, IN_FLIGHT, trainer.processes.rank)
+    trainer.restored_in_flight = in_flight if trainer.config.max_staleness else None
+    if in_flight and not trainer.config.max_staleness:
+        raise ConfigError(
+            f"checkpoint {path} holds {len(in_flight)} batch(es) generated ahead (max_staleness >= 1); "
+            "resume it with the same max_staleness so they are trained on, not lost"
+        )
     return trainer.step
 
 
 def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
     """The precision and engine actually chosen (``auto`` resolved), for ``config.json``."""
-    return {
+    settings = {
         "trainer_precision": "bf16 autocast" if policy.bf16 else "fp32",
         "generator": generator.name,
         "engine_dtype": getattr(generator, "dtype", "the trainer's model"),
     }
+    if getattr(generator, "transport", None):  # a generation server
+        settings["weight_transport"] = generator.transport
+    return settings
 
 
 # =======================================================================================
@@ -489,12 +620,28 @@ def importance_metrics(raw: Sequence[torch.Tensor], cap: float) -> dict[str, flo
 
 
 def end_step(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) -> None:
-    """Close an optimizer step: give the generator the new weights, add the step's timing,
-    log the metrics line, and write a checkpoint when ``save_steps`` says so (and at the last step).
+    """Close an optimizer step: give the generator the new weights (versioned by the step; with
+    asynchronous rollouts, publish a copy for the batches that need them, and at the last step stop
+    them and sync the generator for the evaluation), add the step's timing, log the metrics line,
+    and write a checkpoint when ``save_steps`` says so (and at the last step). A generation server
+    that stays away past ``server_timeout_s`` stops the run after the line and a checkpoint.
 
     ``trainer`` provides ``generator``, ``policy``, ``step``, ``log``, ``config`` and ``save_checkpoint()``.
     """
-    metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy)
+    failure = None
+    async_rollouts = getattr(trainer, "async_rollouts", None)
+    try:
+        if async_rollouts is not None and trainer.step < trainer.config.max_steps:
+            metrics["weight_sync_time_s"] = async_rollouts.publish(trainer.step)
+        else:
+            stop_async(trainer)
+            metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy, version=trainer.step)
+    except GenerationServerUnavailable as exc:
+        failure = exc
     metrics["step"] = trainer.step
     metrics.update(rollouts.timing_metrics(timing))
     run.log_step(trainer, metrics)
+    if failure is not None:
+        cfg = trainer.config
+        saved = cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps)
+        stop_for_server(trainer, failure, save=not saved)

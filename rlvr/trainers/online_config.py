@@ -13,6 +13,7 @@ No torch import: a bad config is reported in a second, before any model loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,17 @@ class EngineConfig:
     TrainConfig)``): these fields then follow the base's, and ``check`` runs in the chain."""
 
     generator: str = "auto"
-    """``auto`` (vLLM if importable), ``vllm`` or ``hf`` (``transformers.generate``)."""
+    """``auto`` (vLLM if importable), ``vllm`` (colocated), ``hf`` (``transformers.generate``), or ``vllm_server`` (an ``rlvr serve-generation`` server at ``vllm_server_url``)."""
+    vllm_server_url: str | None = None
+    """With ``generator: vllm_server``: the server, ``http://HOST:PORT``."""
+    server_timeout_s: float = 300.0
+    """With ``vllm_server``: how long a call retries an unreachable server (back-off) before the run stops with a resumable checkpoint."""
+    weight_transport: str = "auto"
+    """With ``vllm_server``: how weights reach the server after each step: ``shm`` (a file in a shared directory, same machine), ``http`` (the request body, any machine), ``nccl`` (GPU to GPU), ``auto`` (``shm`` where the server reads it, else ``http``)."""
+    weight_dir: str | None = None
+    """The shared directory of ``weight_transport: shm`` (None = ``/dev/shm``)."""
+    nccl_host: str | None = None
+    """With ``weight_transport: nccl``: this machine's address as the server's workers reach it (None = the address on the route to the server)."""
     vllm_gpu_memory_utilization: float | None = None
     """Share of GPU memory vLLM takes (weights + KV cache); None = 0.3 on GPU. On CPU, setting it replaces vllm_kv_cache_gib."""
     vllm_kv_cache_gib: float | None = None
@@ -60,6 +71,18 @@ class EngineConfig:
             fail("vllm_sleep_level", f"must be 0 (off), 1 or 2, got {self.vllm_sleep_level}")
         if self.vllm_kv_cache_gib is not None and self.vllm_kv_cache_gib <= 0:
             fail("vllm_kv_cache_gib", f"must be > 0 (1.0 is plenty for small models), got {self.vllm_kv_cache_gib}")
+        self.check_choice("weight_transport", ("auto", "shm", "http", "nccl"))  # type: ignore[attr-defined]
+        if self.generator == "vllm_server":
+            url = self.vllm_server_url
+            if not url:
+                fail("vllm_server_url", "generator is vllm_server but no server is named: give --vllm-server-url http://HOST:PORT "
+                     "(start one with python -m rlvr serve-generation --model MODEL --port PORT)")  # fmt: skip
+            elif not re.fullmatch(r"(http://)?[A-Za-z0-9_.\-\[\]:]+:\d+/?", url):
+                fail("vllm_server_url", f"must look like http://HOST:PORT, got {url!r}")
+        elif self.vllm_server_url:
+            fail("vllm_server_url", f"is set but generator is {self.generator!r}; set generator: vllm_server to use the server")
+        if not self.server_timeout_s > 0:
+            fail("server_timeout_s", f"must be > 0 seconds, got {self.server_timeout_s}")
 
 
 @dataclass
@@ -94,6 +117,8 @@ class OnlineConfig(EngineConfig, TrainConfig):
     """Top-k sampling (0 = off)."""
     reward_overlap_chunks: int = 1
     """Split each step's generation into this many chunks and score chunk i in a thread while chunk i+1 is generated (same weights, so on-policy)."""
+    max_staleness: int = 0
+    """Asynchronous rollouts: generate the next batches while this one trains, from weights exactly K generation batches old (0 = synchronous, on-policy). The importance correction accounts for the lag."""
 
     # --- multi-turn episodes (environments that answer the model) ------------------------
     max_turns: int | None = None
@@ -134,7 +159,7 @@ class OnlineConfig(EngineConfig, TrainConfig):
             if not isinstance(getattr(self, name), dict):
                 self.fail(name, f"must be a mapping of options, e.g. '{{digits: 2}}', got {getattr(self, name)!r}")
         self.check_positive("num_generations", "max_completion_length", "reward_overlap_chunks", "max_dynamic_sampling_rounds")
-        self.check_non_negative("eval_max_tasks", "top_k", "log_transcripts")
+        self.check_non_negative("eval_max_tasks", "top_k", "log_transcripts", "max_staleness")
         if self.max_turns is not None:
             self.check_positive("max_turns")
         if not self.turn_timeout_s > 0:

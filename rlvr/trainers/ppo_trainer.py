@@ -496,10 +496,7 @@ class PPOTrainer:
         metrics["grad_norm"] = sums["grad"] / max(sums["steps"], 1.0)
         metrics["value_grad_norm"] = sums["vgrad"] / max(sums["steps"], 1.0)
         metrics["optimizer_steps"] = int(sums["steps"])
-        metrics["weight_sync_time_s"] = rollouts.sync_generator(self.generator, self.policy)
-        metrics["step"] = self.step
-        metrics.update(rollouts.timing_metrics(timing))
-        run.log_step(self, metrics)
+        online.end_step(self, metrics, timing)
 
     def _rollout_metrics(
         self,
@@ -619,7 +616,7 @@ class PPOTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Everything ``resume`` needs: policy, value head and critic weights, optimizer, scheduler, RNG states, step, data order."""
-        return run.checkpoint_trainer(self, path, self.data.order.state(), model=self.trained)
+        return online.checkpoint(self, path, model=self.trained)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint directory, or from the latest checkpoint in a run directory."""

@@ -117,9 +117,22 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
     """The generator ``config.generator`` names (``auto`` resolved by :func:`~rlvr.generation.choose_generator`).
 
     ``hf`` generates with the live policy (no weight sync needed); ``vllm`` loads the policy's
-    directory (or a temporary copy of a module passed in) and receives the current weights.
+    directory (or a temporary copy of a module passed in) and receives the current weights;
+    ``vllm_server`` checks the link to ``config.vllm_server_url`` (HTTP and the weight transport,
+    in seconds) and pushes the policy's weights as version 0 -- from process 0 only, the other
+    processes wait until the server holds the version they expect.
     """
     kind = choose_generator(config.generator)
+    if kind == "vllm_server":
+        from rlvr.generation_server import VLLMServerGenerator
+
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        server = VLLMServerGenerator(
+            config.vllm_server_url, policy.tokenizer, timeout_s=config.server_timeout_s, transport=config.weight_transport,
+            weight_dir=config.weight_dir, push=rank == 0, nccl_host=config.nccl_host,
+        )  # fmt: skip
+        server.load_weights(policy_state_dict(policy), version=0)
+        return server
     if kind == "hf":
         return HFGenerator(policy.model, policy.tokenizer, batch_size=max(config.generation_batch_size, 1))
     path = policy.model_path
@@ -145,12 +158,14 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
     return gen
 
 
-def sync_generator(generator: Generator, policy: Policy) -> float:
-    """Give the generator the policy's current weights; returns the seconds it took (0 when it shares them)."""
+def sync_generator(generator: Generator, policy: Policy, version: int | None = None) -> float:
+    """Give the generator the policy's current weights (``version``: the trainer's step, carried by every
+    completion they sample); returns the seconds it took (0 when it shares them)."""
     start = time.perf_counter()
     if isinstance(generator, HFGenerator) and generator.model is policy.model:
+        generator.weight_version = version if version is not None else generator.weight_version + 1
         return 0.0  # HF generation uses the live training model
-    generator.load_weights(policy_state_dict(policy))
+    generator.load_weights(policy_state_dict(policy), version=version)
     return time.perf_counter() - start
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "Processes",
     "RunLog",
     "checkpoint_trainer",
+    "load_checkpoint_object",
     "choose_run_dir",
     "find_checkpoint",
     "log_step",
@@ -423,12 +424,14 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     data: dict[str, Any],
+    objects: dict[str, Any] | None = None,
 ) -> Path:
     """Write a resumable checkpoint atomically (``path.tmp`` then renamed).
 
     ``model``'s trainable parameters, the optimizer and scheduler, and ``state`` (step,
     config, trainer name: ``trainer_state.json``) come from process 0; every process adds its
-    own RNG states and ``data`` (its data order). Every process calls this.
+    own RNG states, ``data`` (its data order) and ``objects`` (name -> anything picklable, e.g.
+    the rollouts in flight: :func:`load_checkpoint_object` reads them back). Every process calls this.
     """
     import torch
     from safetensors.torch import save_file
@@ -449,6 +452,8 @@ def save_checkpoint(
     )
     if processes.rank:
         (tmp / _rank_file("data", processes.rank, "json")).write_text(json.dumps(data))
+    for name, obj in (objects or {}).items():
+        torch.save(obj, tmp / _rank_file(name, processes.rank, "pt"))
     processes.barrier()
     if processes.is_main:
         trainable = {k: v.detach().contiguous().clone() for k, v in model.named_parameters() if v.requires_grad}
@@ -463,7 +468,11 @@ def save_checkpoint(
 
 
 def checkpoint_trainer(
-    trainer: Any, path: str | os.PathLike | None, data: dict[str, Any], model: torch.nn.Module | None = None
+    trainer: Any,
+    path: str | os.PathLike | None,
+    data: dict[str, Any],
+    model: torch.nn.Module | None = None,
+    objects: dict[str, Any] | None = None,
 ) -> Path:
     """A trainer's ``save_checkpoint``: :func:`save_checkpoint` of its ``model`` (or the module
     given: a policy with its value head), ``optimizer`` and ``scheduler``, with its ``step``,
@@ -472,8 +481,17 @@ def checkpoint_trainer(
     path = Path(path) if path else trainer.output_dir / f"checkpoint-{trainer.step}"
     state = {"step": trainer.step, "trainer": trainer.name, "config": trainer.config.to_dict()}
     return save_checkpoint(
-        path, trainer.processes, model if model is not None else trainer.model, trainer.optimizer, trainer.scheduler, state, data
-    )
+        path, trainer.processes, model if model is not None else trainer.model, trainer.optimizer, trainer.scheduler, state, data,
+        objects,
+    )  # fmt: skip
+
+
+def load_checkpoint_object(path: str | os.PathLike, name: str, rank: int = 0) -> Any:
+    """The object ``name`` process ``rank`` saved in the checkpoint :func:`find_checkpoint` picks (None if there is none)."""
+    import torch
+
+    file = find_checkpoint(path) / _rank_file(name, rank, "pt")
+    return torch.load(file, weights_only=False) if file.exists() else None
 
 
 def resume_trainer(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | None = None) -> dict[str, Any]:
