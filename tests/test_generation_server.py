@@ -361,6 +361,36 @@ def test_asynchronous_rollouts_through_the_server(server, model_dir, tmp_path):
     assert all(r["weight_push_time_s"] >= 0 and "rollout_wait_s" in r for r in rows)
 
 
+@pytest.mark.vllm
+def test_asynchronous_rollouts_survive_a_server_gone_past_the_timeout(server, model_dir, tmp_path):
+    """K=1: the background generation fails when the server stays away; the step being trained is
+    logged, the checkpoint keeps no unfinished batch, and the resumed run generates it again from the
+    resumed weights (staleness 0 on that step): every step once, none lost."""
+    calls = []
+
+    def killing_reward(sample: Sample) -> float:
+        if len(calls) == 8 * 2:  # scoring the batch that trains step 3, in the background
+            server.kill()
+        calls.append(1)
+        return length_reward(sample)
+
+    kw = {"generator": "vllm_server", "vllm_server_url": server.url, "server_timeout_s": 3.0, "save_steps": 2,
+          "max_staleness": 1, "max_steps": 6}  # fmt: skip
+    run = grpo(model_dir, tmp_path, FunctionReward(killing_reward, name="len3"), **kw)
+    with pytest.raises(GenerationServerUnavailable, match="Checkpoint of step 3"):
+        run.train()
+    assert [r["step"] for r in lines(tmp_path)] == [1, 2, 3]
+    assert run.async_rollouts is None and not any(t.name == "rlvr-async-rollouts" for t in threading.enumerate())
+    server.start()
+    resumed = grpo(model_dir, tmp_path, **kw)
+    resumed.resume(tmp_path)
+    assert resumed.step == 3
+    resumed.train()
+    rows = lines(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["staleness_max"] for r in rows] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+
+
 # =======================================================================================
 # Asynchronous rollouts (transformers generation: no vLLM needed)
 # =======================================================================================
