@@ -20,8 +20,9 @@ Endpoints (JSON unless said otherwise):
   "logprobs", "finish_reason"}]]}``. Prompts travel as token ids (the trainer's tokenizer made
   them) and are seeded per request exactly as the colocated engine seeds them, so the same
   weights and seed give the same completions on both. A request that names a
-  ``weight_version`` other than the server's is refused with 409: a completion is never sampled
-  from weights other than the ones its trainer expects.
+  ``weight_version`` (and ``weight_run``: the run directory of the trainer that pushed them)
+  other than the server's is refused with 409: a completion is never sampled from weights other
+  than the ones its trainer expects, even with two runs on one server.
 - ``POST /weights`` -> ``{"weight_version", "load_s"}``: new weights, as a safetensors file in
   a shared directory (``{"path", "version"}``; transport ``shm``) or as the request body
   (``application/octet-stream``, header ``X-Weight-Version``; transport ``http``).
@@ -217,6 +218,7 @@ class _Engine:
         self.instance = uuid.uuid4().hex
         self.generator: Any = None
         self.weight_version = 0
+        self.weight_run = ""  # which run pushed them: two runs' step numbers are not the same weights
         self.lock = threading.Lock()
         self.error: str | None = None
         self.info: dict[str, Any] = {}
@@ -230,6 +232,7 @@ class _Engine:
             "error": self.error,
             "instance": self.instance,
             "weight_version": self.weight_version,
+            "weight_run": self.weight_run,
             "protocol": PROTOCOL,
             "rlvr_version": rlvr.__version__,
             "model": self.model,
@@ -255,10 +258,10 @@ def _load_weights_from(engine: _Engine, request: BaseHTTPRequestHandler, check: 
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata()
         tensors = _unpack(load_file(path), metadata)
-        version = spec.get("version")
+        version, run = spec.get("version"), str(spec.get("run") or "")
     else:
         tensors = _unpack(load(body), _metadata_of(body))
-        version = request.headers.get("X-Weight-Version")
+        version, run = request.headers.get("X-Weight-Version"), request.headers.get("X-Weight-Run", "")
     if check:
         return {"sum": float(sum(float(t.double().sum()) for t in tensors.values())), "n": len(tensors)}
     if version is None:
@@ -268,7 +271,7 @@ def _load_weights_from(engine: _Engine, request: BaseHTTPRequestHandler, check: 
             _load_in_workers(engine, path if path else None, body)
         else:
             engine.generator.load_weights(tensors)
-        engine.weight_version = int(version)
+        engine.weight_version, engine.weight_run = int(version), run
     return {"weight_version": engine.weight_version, "load_s": time.perf_counter() - start, "instance": engine.instance}
 
 
@@ -340,7 +343,7 @@ def _nccl(engine: _Engine, path: str, spec: dict[str, Any]) -> dict[str, Any]:
             return {"sum": llm.collective_rpc("rlvr_nccl_check", args=(spec["specs"],))[0], "instance": engine.instance}
         llm.collective_rpc("rlvr_nccl_load", args=(spec["specs"], spec.get("aliases") or {}))
         llm.reset_prefix_cache()
-        engine.weight_version = int(spec["version"])
+        engine.weight_version, engine.weight_run = int(spec["version"]), str(spec.get("run") or "")
     return {"weight_version": engine.weight_version, "load_s": time.perf_counter() - start, "instance": engine.instance}
 
 
@@ -381,12 +384,14 @@ def _generate(engine: _Engine, spec: dict[str, Any]) -> tuple[int, dict[str, Any
     vocab = engine.info.get("vocab_size")
     if vocab is not None and any(t < 0 or t >= vocab for p in prompts for t in p):
         return 422, {"detail": f"prompt token ids must be in [0, {vocab}): this server's model has {vocab} tokens"}
-    want = spec.get("weight_version")
+    want, run = spec.get("weight_version"), str(spec.get("weight_run") or "")
     with engine.lock:
-        if want is not None and int(want) != engine.weight_version:
+        if want is not None and (int(want) != engine.weight_version or run != engine.weight_run):
             return 409, {
-                "detail": f"this server holds weight version {engine.weight_version}, the request wants {want}",
+                "detail": f"this server holds weight version {engine.weight_version} of run {engine.weight_run!r}, "
+                f"the request wants version {want} of run {run!r}",
                 "weight_version": engine.weight_version,
+                "weight_run": engine.weight_run,
                 "instance": engine.instance,
             }
         gens = engine.generator.generate(prompts, n, sampling)
@@ -588,6 +593,8 @@ class VLLMServerGenerator(Generator):
             the address this machine uses to reach the server).
         push: Whether this process pushes weights (with several trainer processes, only rank 0
             does; the others wait until the server holds the version they expect).
+        run: Names the run whose weights these are (the trainers pass their run directory): a
+            version is a step of one run, so two runs on one server never take each other's weights.
     """
 
     name = "vllm_server"
@@ -601,6 +608,7 @@ class VLLMServerGenerator(Generator):
         weight_dir: str | None = None,
         push: bool = True,
         nccl_host: str | None = None,
+        run: str = "",
     ) -> None:
         if transport not in TRANSPORTS:
             raise GenerationServerError(f"weight_transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
@@ -615,6 +623,8 @@ class VLLMServerGenerator(Generator):
         self._latest: Mapping[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
         self.nccl_host = nccl_host
+        self.run = run
+        self._warned_other_run = False
         self._nccl: Any = None  # (communicator, stream, server instance) once the NCCL group is up
         health = check_link(self.url, timeout_s=self.timeout_s)
         self.instance = health["instance"]
@@ -672,6 +682,7 @@ class VLLMServerGenerator(Generator):
             headers = {"Content-Type": "application/octet-stream"}
             if version is not None:
                 headers["X-Weight-Version"] = str(version)
+                headers["X-Weight-Run"] = self.run
             send = lambda: _request(self.host, self.port, "POST", endpoint, body, headers)  # noqa: E731
             return self._retrying(send) if retry else send()
         from safetensors.torch import save_file
@@ -681,7 +692,7 @@ class VLLMServerGenerator(Generator):
         path = Path(self.weight_dir) / name
         try:
             save_file(tensors, str(path), metadata=metadata)
-            spec = json.dumps({"path": str(path), "version": version}).encode()
+            spec = json.dumps({"path": str(path), "version": version, "run": self.run}).encode()
             send = lambda: _request(self.host, self.port, "POST", endpoint, spec, {"Content-Type": "application/json"})  # noqa: E731
             return self._retrying(send) if retry else send()
         finally:
@@ -750,7 +761,7 @@ class VLLMServerGenerator(Generator):
         comm, stream, _ = self._nccl
         tensors, metadata = _pack(state, self.dtype, device=f"cuda:{torch.cuda.current_device()}")
         specs = [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors.items()]
-        payload = {"specs": specs, "aliases": json.loads(metadata[ALIASES]), "version": version}
+        payload = {"specs": specs, "aliases": json.loads(metadata[ALIASES]), "version": version, "run": self.run}
         answer: dict[str, Any] = {}
 
         def post() -> None:
@@ -845,8 +856,17 @@ class VLLMServerGenerator(Generator):
                 f"rlvr: the generation server at {self.url} restarted; sending weights v{self.weight_version} again", flush=True
             )
         self.instance = health["instance"]
-        if health["weight_version"] == self.weight_version and not restarted:
+        ours = health["weight_version"] == self.weight_version and health.get("weight_run", "") == self.run
+        if ours and not restarted:
             return
+        if health.get("weight_run", "") not in ("", self.run) and not self._warned_other_run:
+            self._warned_other_run = True
+            print(
+                f"rlvr: another run ({health.get('weight_run')}) pushed its weights to the generation server at {self.url}; "
+                "each request is still sampled from this run's weights (pushed again), but two runs on one server slow "
+                "each other down: start a server per run",
+                flush=True,
+            )
         if self._latest is not None:
             self._push(self._latest, self.weight_version)
         elif self.pinned:
@@ -890,7 +910,7 @@ class VLLMServerGenerator(Generator):
         payload = {
             "prompts": encoded, "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "top_k": sampling.top_k, "max_tokens": sampling.max_tokens, "seed": sampling.seed,
-            "weight_version": self.weight_version if self.pinned else None,
+            "weight_version": self.weight_version if self.pinned else None, "weight_run": self.run,
         }  # fmt: skip
         with self._lock:
             data = self._call("/generate", payload)

@@ -241,6 +241,28 @@ def test_a_weights_directory_that_fails_falls_back_to_http(server, model_dir, to
 
 
 @pytest.mark.vllm
+def test_two_runs_on_one_server_never_sample_from_each_others_weights(server, model_dir, tokenizer, capsys):
+    """Both runs are at step 1, with different weights: each request is served from its own run's
+    weights (pushed again when the other run's are loaded), and the user is told to give each run a server."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    first = VLLMServerGenerator(server.url, tokenizer, run="runs/a")
+    second = VLLMServerGenerator(server.url, tokenizer, run="runs/b")
+    sampling = SamplingConfig(max_tokens=8, seed=4)
+    first.load_weights(model.state_dict(), version=1)
+    a = [g.completion_ids for g in first.generate(["Plain text", "More text"], 2, sampling)]
+    other = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    second.load_weights(other.state_dict(), version=1)  # the same step number, other weights
+    b = [g.completion_ids for g in second.generate(["Plain text", "More text"], 2, sampling)]
+    assert b != a
+    assert [g.completion_ids for g in first.generate(["Plain text", "More text"], 2, sampling)] == a
+    assert [g.completion_ids for g in second.generate(["Plain text", "More text"], 2, sampling)] == b
+    assert "start a server per run" in capsys.readouterr().out
+
+
+@pytest.mark.vllm
 def test_grpo_through_the_server_trains_as_the_colocated_engine_does(server, model_dir, tmp_path):
     served = grpo(model_dir, tmp_path / "server", generator="vllm_server", vllm_server_url=server.url)
     served.train()

@@ -227,7 +227,7 @@ class DPOTrainer:
             if choose_generator(self.config.generator) == "hf":
                 self.generator = HFGenerator(self.policy.model, self.tokenizer, batch_size=64)
             else:  # the engine loads the weights on disk: the initial ones, which steps may have moved since
-                self.generator = rollouts.build_generator(self.config, self.policy, self.world_size)
+                self.generator = rollouts.build_generator(self.config, self.policy, self.world_size, run=str(self.output_dir.resolve()))
         rollouts.sync_generator(self.generator, self.policy)  # nothing to do for hf (it shares the live model)
         return self.generator
 

@@ -237,7 +237,9 @@ def finish_set_up(trainer: Any, generator: Generator | None, desc: str, params: 
     trainer.scheduler = modeling.make_scheduler(trainer.config, trainer.optimizer)
     trainer.step = 0
     trainer.output_dir = run.choose_run_dir(trainer.config.output_dir, trainer.processes)
-    trainer.generator = generator if generator is not None else rollouts.build_generator(trainer.config, trainer.policy, trainer.world_size)
+    trainer.generator = generator if generator is not None else rollouts.build_generator(
+        trainer.config, trainer.policy, trainer.world_size, run=str(Path(trainer.output_dir).resolve())
+    )
     trainer.log = run.RunLog(trainer.output_dir, trainer.processes, trainer.config, desc=desc)
     trainer.history = trainer.log.history
 

@@ -113,14 +113,15 @@ def timing_metrics(timing: dict[str, float]) -> dict[str, float]:
 # =======================================================================================
 
 
-def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
+def build_generator(config: Any, policy: Policy, world_size: int, run: str = "") -> Generator:
     """The generator ``config.generator`` names (``auto`` resolved by :func:`~rlvr.generation.choose_generator`).
 
     ``hf`` generates with the live policy (no weight sync needed); ``vllm`` loads the policy's
     directory (or a temporary copy of a module passed in) and receives the current weights;
     ``vllm_server`` checks the link to ``config.vllm_server_url`` (HTTP and the weight transport,
     in seconds) and pushes the policy's weights as version 0 -- from process 0 only, the other
-    processes wait until the server holds the version they expect.
+    processes wait until the server holds the version they expect. ``run`` (the run directory) tells
+    this run's weight versions from another's on the same server.
     """
     kind = choose_generator(config.generator)
     if kind == "vllm_server":
@@ -129,7 +130,7 @@ def build_generator(config: Any, policy: Policy, world_size: int) -> Generator:
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         server = VLLMServerGenerator(
             config.vllm_server_url, policy.tokenizer, timeout_s=config.server_timeout_s, transport=config.weight_transport,
-            weight_dir=config.weight_dir, push=rank == 0, nccl_host=config.nccl_host,
+            weight_dir=config.weight_dir, push=rank == 0, nccl_host=config.nccl_host, run=run,
         )  # fmt: skip
         server.load_weights(policy_state_dict(policy), version=0)
         return server
