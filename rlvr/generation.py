@@ -245,6 +245,11 @@ class Generator:
         ``version`` (default: one more than the last) travels with every completion they sample."""
         raise NotImplementedError
 
+    def _set_version(self, version: int | None) -> int:
+        """Record the version of the weights just given: ``version``, or one more than the last."""
+        self.weight_version = int(version) if version is not None else self.weight_version + 1
+        return self.weight_version
+
     def sleep(self) -> None:
         """Free accelerator memory until the next ``generate`` (no-op where there is nothing to free)."""
 
@@ -275,7 +280,7 @@ class HFGenerator(Generator):
         """Copy ``weights`` into the generation model (nothing to do if it is the same model)."""
         import torch
 
-        self.weight_version = int(version) if version is not None else self.weight_version + 1
+        self._set_version(version)
         if weights is self.model:
             return
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
@@ -487,7 +492,7 @@ class VLLMGenerator(Generator):
         if self._asleep:
             self._wake(None)
         self.llm.reset_prefix_cache()
-        self.weight_version = int(version) if version is not None else self.weight_version + 1
+        self._set_version(version)
 
     def sleep(self) -> None:
         """Free the engine's GPU memory while the trainer needs it (``sleep_level`` 1: KV cache freed and

@@ -223,6 +223,11 @@ class _Engine:
         self.error: str | None = None
         self.info: dict[str, Any] = {}
 
+    def loaded(self, version: Any, run: str, start: float) -> dict[str, Any]:
+        """Record the weights just loaded (their version and run; the caller holds ``lock``); the answer to the push."""
+        self.weight_version, self.weight_run = int(version), run
+        return {"weight_version": self.weight_version, "load_s": time.perf_counter() - start, "instance": self.instance}
+
     def health(self) -> dict[str, Any]:
         import rlvr
 
@@ -271,8 +276,7 @@ def _load_weights_from(engine: _Engine, request: BaseHTTPRequestHandler, check: 
             _load_in_workers(engine, path if path else None, body)
         else:
             engine.generator.load_weights(tensors)
-        engine.weight_version, engine.weight_run = int(version), run
-    return {"weight_version": engine.weight_version, "load_s": time.perf_counter() - start, "instance": engine.instance}
+        return engine.loaded(version, run, start)
 
 
 class NcclWeightReceiver:
@@ -343,8 +347,7 @@ def _nccl(engine: _Engine, path: str, spec: dict[str, Any]) -> dict[str, Any]:
             return {"sum": llm.collective_rpc("rlvr_nccl_check", args=(spec["specs"],))[0], "instance": engine.instance}
         llm.collective_rpc("rlvr_nccl_load", args=(spec["specs"], spec.get("aliases") or {}))
         llm.reset_prefix_cache()
-        engine.weight_version, engine.weight_run = int(spec["version"]), str(spec.get("run") or "")
-    return {"weight_version": engine.weight_version, "load_s": time.perf_counter() - start, "instance": engine.instance}
+        return engine.loaded(spec["version"], str(spec.get("run") or ""), start)
 
 
 def _load_in_workers(engine: _Engine, path: str | None, body: bytes) -> None:
@@ -544,6 +547,21 @@ def serve(
 # =======================================================================================
 
 
+def _is_ready(url: str, status: int, health: dict[str, Any]) -> bool:
+    """Whether a ``/health`` answer says the engine is ready (False: still loading). An answer that
+    can never become ready -- not an rlvr generation server, another protocol, a failed engine -- raises."""
+    if status != 200 or "protocol" not in health:
+        raise GenerationServerError(f"{url} answered /health with HTTP {status} {health}: it is not an rlvr generation server")
+    if health["protocol"] != PROTOCOL:
+        raise GenerationServerError(
+            f"the server at {url} speaks protocol {health['protocol']} (rlvr {health.get('rlvr_version')}), this trainer "
+            f"protocol {PROTOCOL}: install the same rlvr version on both sides"
+        )
+    if health["status"] == "error":
+        raise GenerationServerError(f"the server at {url} failed: {health.get('error')}")
+    return health["status"] == "ok"
+
+
 def check_link(url: str, timeout_s: float = 300.0, connect_timeout_s: float = 3.0) -> dict[str, Any]:
     """The server's ``/health`` once it is ready, or a :class:`GenerationServerError` that says what to fix.
 
@@ -560,18 +578,7 @@ def check_link(url: str, timeout_s: float = 300.0, connect_timeout_s: float = 3.
                 f"nothing answers at {url} ({type(exc).__name__}: {exc}). Start the server there -- python -m rlvr "
                 f"serve-generation --model MODEL --host {host} --port {port} -- or fix vllm_server_url (address, port, firewall)"
             ) from None
-        if status != 200 or "protocol" not in health:
-            raise GenerationServerError(
-                f"{url} answered /health with HTTP {status} {health}: it is not an rlvr generation server"
-            )
-        if health["protocol"] != PROTOCOL:
-            raise GenerationServerError(
-                f"the server at {url} speaks protocol {health['protocol']} (rlvr {health.get('rlvr_version')}), this trainer "
-                f"protocol {PROTOCOL}: install the same rlvr version on both sides"
-            )
-        if health["status"] == "error":
-            raise GenerationServerError(f"the server at {url} failed: {health.get('error')}")
-        if health["status"] == "ok":
+        if _is_ready(url, status, health):
             return health
         if time.monotonic() > deadline:
             raise GenerationServerUnavailable(f"the server at {url} was still loading its engine after {timeout_s:.0f}s")
@@ -619,7 +626,6 @@ class VLLMServerGenerator(Generator):
         self.push = push
         self.weight_version = 0
         self.pinned = False  # whether a weight version was set: until then, the server's weights are taken as they are
-        self.push_seconds: list[float] = []
         self._latest: Mapping[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
         self.nccl_host = nccl_host
@@ -821,7 +827,7 @@ class VLLMServerGenerator(Generator):
             if status == 200 and data.get("instance") == self.instance:
                 return data
             if data.get("instance") not in (None, self.instance) or status == 409:
-                self._resync(data)
+                self._resync()
                 continue
             raise GenerationServerError(
                 f"the generation server at {self.url} refused {path}: HTTP {status} {data.get('detail', data)}"
@@ -836,10 +842,8 @@ class VLLMServerGenerator(Generator):
         deadline = time.monotonic() + self.timeout_s
         while True:
             status, health = self._retrying(lambda: _request(self.host, self.port, "GET", "/health", timeout=10.0))
-            if status == 200 and health.get("status") == "ok":
+            if _is_ready(self.url, status, health):
                 return health
-            if health.get("status") == "error":
-                raise GenerationServerError(f"the generation server at {self.url} failed: {health.get('error')}")
             if time.monotonic() > deadline:
                 raise GenerationServerUnavailable(
                     f"the generation server at {self.url} was not ready within {self.timeout_s:.0f}s (server_timeout_s); "
@@ -847,7 +851,7 @@ class VLLMServerGenerator(Generator):
                 )
             time.sleep(1.0)
 
-    def _resync(self, answer: dict[str, Any]) -> None:
+    def _resync(self) -> None:
         """The server restarted (new instance) or holds other weights: give it ours again, or wait for rank 0 to."""
         health = self._health()
         restarted = health["instance"] != self.instance
@@ -879,14 +883,13 @@ class VLLMServerGenerator(Generator):
 
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         with self._lock:
-            self.weight_version = int(version) if version is not None else self.weight_version + 1
+            self._set_version(version)
             self.pinned = True
             self._latest = state if self.push else None
             if self.push:
                 self._push(state, self.weight_version)
 
     def _push(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        start = time.perf_counter()
         try:
             status, data = self._send_weights(self.transport, state, version, check=False)
         except OSError as exc:  # shm: the shared directory is full or gone; the request body still works
@@ -900,7 +903,6 @@ class VLLMServerGenerator(Generator):
                 f"the generation server at {self.url} refused weights v{version}: HTTP {status} {data.get('detail', data)}"
             )
         self.instance = data.get("instance", self.instance)
-        self.push_seconds.append(time.perf_counter() - start)
 
     def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Generation]:
         """``n`` completions per prompt, prompt-major, from the server's engine at ``weight_version``."""

@@ -50,6 +50,11 @@ def report(status: str, name: str, detail: str) -> None:
     print(f"{status:4}  {name}: {detail}", flush=True)
 
 
+def report_failed_run(name: str, r: dict) -> None:
+    """A run that exited non-zero: FAIL with the last line it printed."""
+    report("FAIL", name, r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+
+
 def check(name: str, ok: bool, detail: str) -> bool:
     report("PASS" if ok else "FAIL", name, detail)
     return ok
@@ -276,7 +281,7 @@ def server_checks(steps: int, tmp: Path, on_gpu: bool) -> None:
             extra = ["--vllm_server_url", url, "--max_staleness", str(k)]
             r = runs[k] = grpo_run("vllm_server", steps, tmp / f"server-k{k}", extra)
             if "error" in r:
-                report("FAIL", f"GRPO vllm_server K={k}", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+                report_failed_run(f"GRPO vllm_server K={k}", r)
                 continue
             check(f"GRPO vllm_server K={k}", r["staleness_max"] == k and 0.8 <= r["is_p5"] and r["is_p95"] <= 1.25,
                   f"{steps} steps, median step {r['median_step_s']:.2f} s, weight push {r['push_s']:.3f} s/step, "
@@ -285,7 +290,7 @@ def server_checks(steps: int, tmp: Path, on_gpu: bool) -> None:
         if on_gpu:  # NCCL weight push, device to device (written for GPUs; this is where it first runs)
             r = grpo_run("vllm_server", min(steps, 5), tmp / "server-nccl", ["--vllm_server_url", url, "--weight_transport", "nccl"])
             if "error" in r:
-                report("FAIL", "GRPO vllm_server nccl", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+                report_failed_run("GRPO vllm_server nccl", r)
             else:
                 check("GRPO vllm_server nccl", 0.8 <= r["is_p5"] and r["is_p95"] <= 1.25,
                       f"{min(steps, 5)} steps, weight push {r['push_s']:.3f} s/step (shm: "
@@ -339,7 +344,7 @@ def main() -> int:
         for generator in (["vllm"] if vllm_available() else []) + ["hf"]:
             r = grpo_run(generator, args.steps, Path(tmp) / generator)
             if "error" in r:
-                report("FAIL", f"GRPO {generator}", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+                report_failed_run(f"GRPO {generator}", r)
                 continue
             spread_ok = generator == "hf" or (0.95 <= r["is_p5"] and r["is_p95"] <= 1.05)
             check(f"GRPO {generator}", spread_ok,
@@ -351,7 +356,7 @@ def main() -> int:
             extra = ["--config", str(example), "--eval_max_tasks", "10"]
             r = grpo_run("vllm", 3, Path(tmp) / "multi-turn", extra)
             if "error" in r:
-                report("FAIL", "GRPO multi-turn vllm", r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed")
+                report_failed_run("GRPO multi-turn vllm", r)
             else:
                 check("GRPO multi-turn vllm", 0.9 <= r["is_p5"] and r["is_p95"] <= 1.1,
                       f"code_arith_feedback, 3 steps, wall {r['wall_s']:.0f} s, median step {r['median_step_s']:.2f} s, "

@@ -34,7 +34,7 @@ import copy
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -65,7 +65,6 @@ class Ready:
     order: dict[str, int]
     weight_version: int
     push_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def staleness_metrics(batch: Any, step: int) -> dict[str, float]:
@@ -183,6 +182,8 @@ class AsyncRollouts:
         """The batch that trains from ``step``, once it is ready (a failure of the thread is raised here)."""
         with self._cond:
             self._cond.wait_for(lambda: step in self._ready or self._error is not None or self._finished)
+            for s in [s for s in self._order_at if s < step]:
+                del self._order_at[s]  # a checkpoint from now on needs only the orders of batches not trained
             if step in self._ready:
                 return self._ready.pop(step)
             if self._error is not None:

@@ -643,7 +643,5 @@ def end_step(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) ->
     metrics["step"] = trainer.step
     metrics.update(rollouts.timing_metrics(timing))
     run.log_step(trainer, metrics)
-    if failure is not None:
-        cfg = trainer.config
-        saved = cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps)
-        stop_for_server(trainer, failure, save=not saved)
+    if failure is not None:  # log_step wrote the checkpoint already when one was due
+        stop_for_server(trainer, failure, save=not run.checkpoint_due(trainer.config, trainer.step))

@@ -164,8 +164,8 @@ def sync_generator(generator: Generator, policy: Policy, version: int | None = N
     completion they sample); returns the seconds it took (0 when it shares them)."""
     start = time.perf_counter()
     if isinstance(generator, HFGenerator) and generator.model is policy.model:
-        generator.weight_version = version if version is not None else generator.weight_version + 1
-        return 0.0  # HF generation uses the live training model
+        generator.load_weights(policy.model, version=version)  # the live training model: only the version moves
+        return 0.0
     generator.load_weights(policy_state_dict(policy), version=version)
     return time.perf_counter() - start
 

@@ -44,6 +44,7 @@ __all__ = [
     "append_jsonl",
     "Processes",
     "RunLog",
+    "checkpoint_due",
     "checkpoint_trainer",
     "load_checkpoint_object",
     "choose_run_dir",
@@ -251,10 +252,14 @@ def log_step(trainer: Any, metrics: dict[str, Any]) -> None:
     """Write the step's metrics line, then a checkpoint when ``save_steps`` says so (every
     ``save_steps`` steps, and at ``max_steps``). ``trainer`` provides ``config``, ``step``, ``log``
     and ``save_checkpoint()``."""
-    cfg = trainer.config
     trainer.log.log(metrics, trainer.step)
-    if cfg.save_steps and (trainer.step % cfg.save_steps == 0 or trainer.step == cfg.max_steps):
+    if checkpoint_due(trainer.config, trainer.step):
         trainer.save_checkpoint()
+
+
+def checkpoint_due(config: Any, step: int) -> bool:
+    """Whether ``step`` gets a checkpoint: every ``save_steps`` steps (0 = never), and at ``max_steps``."""
+    return bool(config.save_steps) and (step % config.save_steps == 0 or step == config.max_steps)
 
 
 def read_json(path: Path) -> dict[str, Any]:
