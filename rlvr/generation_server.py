@@ -493,8 +493,9 @@ def serve(
     import torch
 
     from rlvr.generation import VLLMGenerator, engine_dtype
-    from rlvr.models import resolve_model
+    from rlvr.models import check_model_source, resolve_model
 
+    check_model_source(model)  # a wrong name or directory fails here, in one line, before anything listens
     path = resolve_model(model)
     engine = _Engine(model)
     try:
@@ -518,9 +519,9 @@ def serve(
             worker_extension_cls="rlvr.generation_server.NcclWeightReceiver" if device.type == "cuda" else None,
         )  # fmt: skip
     except Exception as exc:
-        engine.error = f"the engine failed to build: {type(exc).__name__}: {exc}"
+        engine.error = f"the engine failed to build for {path}: {type(exc).__name__}: {' '.join(str(exc).split())}"
         httpd.shutdown()
-        raise
+        raise GenerationServerError(engine.error) from exc
     import vllm
 
     engine.info = {

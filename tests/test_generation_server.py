@@ -162,6 +162,14 @@ def test_config_refuses_a_server_setting_that_cannot_work():
         GRPOConfig(max_staleness=-1)
 
 
+def test_server_refuses_a_model_it_cannot_load_in_one_line(tmp_path):
+    """A wrong name or directory fails before anything listens: one line, exit code 2, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "rlvr", "serve-generation", "--model", str(tmp_path / "missing"), "--port",
+                           str(free_port())], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("error: no model directory at") and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_server_help_names_its_options():
     out = subprocess.run([sys.executable, "-m", "rlvr", "serve-generation", "--help"], cwd=REPO, env=subprocess_env(),
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
