@@ -78,7 +78,8 @@ import contextlib
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -265,12 +266,19 @@ class HFGenerator(Generator):
             current weights and ``load_weights`` with that same model is a no-op.
         tokenizer: Its tokenizer.
         batch_size: Most sequences (prompts x n) generated at once.
+        hold: For a model sharded over processes: a context under which its forwards run on
+            this process alone (its weights gathered). The trainer enters it around a whole
+            rollout or evaluation (:func:`rlvr.trainers.modeling.generating`), which every
+            process reaches together, since processes generate different numbers of times.
     """
 
     name = "hf"
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 64) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 64, hold: Callable[[], AbstractContextManager] | None = None
+    ) -> None:
         self.model = model
+        self.hold = hold
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -472,8 +480,11 @@ class VLLMGenerator(Generator):
     def _runner(self) -> Any:
         return self.llm.llm_engine.model_executor.driver_worker.model_runner
 
-    def load_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor], version: int | None = None) -> None:
-        """Reload the engine's weights in place from a model or a Hugging Face state dict.
+    def load_weights(
+        self, weights: torch.nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int | None = None
+    ) -> None:
+        """Reload the engine's weights in place from a model, a Hugging Face state dict, or
+        ``(name, tensor)`` pairs read one at a time (:func:`rlvr.trainers.modeling.policy_weights`).
 
         Goes through the engine's public ``collective_rpc("reload_weights", ...)``, which runs the
         worker's method inside its config context (colocated, nothing is serialised); the model
@@ -481,8 +492,12 @@ class VLLMGenerator(Generator):
         """
         import torch
 
-        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-        items = [(name, tensor.detach()) for name, tensor in state.items()]
+        if isinstance(weights, torch.nn.Module):
+            weights = weights.state_dict()
+        if isinstance(weights, Mapping):
+            items: Iterable[tuple[str, torch.Tensor]] = [(name, tensor.detach()) for name, tensor in weights.items()]
+        else:  # (name, tensor) pairs streamed one at a time: gathered from a sharded model as the engine loads them
+            items = ((name, tensor.detach()) for name, tensor in weights)
         if self._asleep:
             self._wake(["weights"])
         try:

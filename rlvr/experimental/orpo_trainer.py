@@ -38,7 +38,6 @@ Metrics (TRL's names): ``loss``, ``nll_loss``, ``log_odds_ratio`` (mean ``log si
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -158,7 +157,7 @@ class ORPOTrainer:
             batch = offline.pad_sequences(offline.pair_rows(rows), self.tokenizer.pad_token_id)
             n = len(rows)
             sync = self.world_size == 1 or j == len(chunks) - 1
-            with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+            with modeling.sync_gradients(self.policy.train_model, sync):
                 logps, counts = offline.sequence_logps(self.policy.train_model, batch, self.policy.bf16, self.device)
                 mean = logps / counts.clamp(min=1)
                 nll = -logps[:n].sum() / chosen_tokens

@@ -23,7 +23,6 @@ One optimizer step (``ReinforcePPTrainer.training_step``):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -209,7 +208,7 @@ class ReinforcePPTrainer:
             total_loss = 0.0
             for j, t in enumerate(tensors):
                 sync = self.world_size == 1 or j == len(tensors) - 1
-                with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+                with modeling.sync_gradients(self.policy.train_model, sync):
                     logp = self._logprobs(self.policy.train_model, t)
                     mask = masks[j].to(logp.device)
                     if old_logps[j] is None:

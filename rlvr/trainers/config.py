@@ -21,9 +21,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["ConfigError", "TrainConfig", "check_batches", "launched_world_size", "REPORT_TO", "SCHEDULERS"]
+__all__ = ["ConfigError", "TrainConfig", "check_batches", "launched_world_size", "PARALLELISM", "REPORT_TO", "SCHEDULERS"]
 
 SCHEDULERS = ("constant", "linear", "cosine")
+PARALLELISM = ("ddp", "fsdp")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
@@ -75,6 +76,14 @@ class TrainConfig:
     """LoRA dropout."""
     lora_target_modules: list[str] | str = "all-linear"
     """Modules LoRA adapts (``all-linear`` or a list of names)."""
+
+    # --- several processes ----------------------------------------------------------------
+    parallelism: str = "ddp"
+    """How several processes share the model: ``ddp`` (each holds all of it; gradients averaged) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded one decoder layer at a time; needs several processes)."""
+    fsdp_cpu_offload: bool = False
+    """``fsdp`` on GPUs: keep the parameter, gradient and optimizer shards in CPU memory between uses (less GPU memory, slower steps)."""
+    fsdp_reshard_after_forward: bool = True
+    """``fsdp``: free each decoder layer's gathered parameters after its forward and gather them again for the backward (ZeRO-3); false keeps them until the backward (ZeRO-2-like: less communication, more memory)."""
 
     # --- logging, checkpoints -----------------------------------------------------------
     output_dir: str | None = None
@@ -172,8 +181,23 @@ class TrainConfig:
             self.fail("max_grad_norm", f"must be >= 0 (0 = off), got {self.max_grad_norm}")
         if not 0 <= self.lora_dropout < 1:
             self.fail("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        self.check_parallelism()
         if not self.model:
             self.fail("model", "is empty; give a short name (smollm2-135m-instruct), a local directory or a cached Hub id")
+
+    def check_parallelism(self) -> None:
+        """``parallelism`` and its options: ``fsdp`` needs several launched processes; the ``fsdp_*`` options need ``fsdp``."""
+        self.check_choice("parallelism", PARALLELISM)
+        if self.parallelism == "fsdp" and launched_world_size() == 1:
+            self.fail(
+                "parallelism",
+                "fsdp shards the model over several processes and this run has one: launch it with torchrun "
+                "--nproc_per_node N (or accelerate launch --num_processes N), N >= 2, or use parallelism ddp",
+            )
+        if self.parallelism != "fsdp":
+            for name, default in (("fsdp_cpu_offload", False), ("fsdp_reshard_after_forward", True)):
+                if getattr(self, name) != default:
+                    self.fail(name, f"applies to parallelism fsdp only, and this run has {self.parallelism!r}: set --parallelism fsdp or drop it")
 
     # ----------------------------------------------------------------- plain data
     @classmethod

@@ -51,7 +51,6 @@ hand-derived values in ``tests/test_offline_losses.py``; the plumbing is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -65,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.environments.base import Environment, Task
-from rlvr.generation import Generator, HFGenerator, SamplingConfig, choose_generator
+from rlvr.generation import Generator, SamplingConfig, choose_generator
 from rlvr.pairs import sample_pairs
 from rlvr.preferences import PreferencePair, load_pairs
 from rlvr.rewards import Outcome, Reward, Sample, Status
@@ -225,7 +224,7 @@ class DPOTrainer:
         the policy's weights at every refresh (``hf`` shares the live model: nothing to give)."""
         if self.generator is None:
             if choose_generator(self.config.generator) == "hf":
-                self.generator = HFGenerator(self.policy.model, self.tokenizer, batch_size=64)
+                self.generator = modeling.live_generator(self.policy, batch_size=64)
             else:  # the engine loads the weights on disk: the initial ones, which steps may have moved since
                 self.generator = rollouts.build_generator(self.config, self.policy, self.world_size, run=str(self.output_dir.resolve()))
         rollouts.sync_generator(self.generator, self.policy)  # nothing to do for hf (it shares the live model)
@@ -243,7 +242,8 @@ class DPOTrainer:
         sampling = SamplingConfig(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_completion_length, seed)
         generator = self._sampler()
         recorder = _RecordingReward(self.reward)
-        rows, counts = sample_pairs(generator, recorder, tasks, cfg.pairs_k, sampling)
+        with modeling.generating(generator):  # every process is here together
+            rows, counts = sample_pairs(generator, recorder, tasks, cfg.pairs_k, sampling)
         generator.sleep()  # on GPU, vLLM gives its memory to training until the next refresh
         pairs = load_pairs(rows) if rows else []
         scores = [o.score for o in recorder.outcomes if o.status is Status.OK]
@@ -307,7 +307,7 @@ class DPOTrainer:
                 ref_sums, _ = self.reference.logps(batch)
                 ref_c, ref_r = ref_sums[:n], ref_sums[n:]
             sync = self.world_size == 1 or j == len(chunks) - 1
-            with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+            with modeling.sync_gradients(self.policy.train_model, sync):
                 logps, counts = offline.sequence_logps(self.policy.train_model, batch, self.policy.bf16, self.device)
                 chosen, rejected = logps[:n], logps[n:]
                 per_pair = dpo_loss(

@@ -47,7 +47,6 @@ rollout tensors: :mod:`rlvr.trainers.rollouts`) are shared modules this file cal
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -300,7 +299,7 @@ class GRPOTrainer:
             for j, t in enumerate(tensors):
                 # with several processes, gradients are averaged once, at the last micro-batch
                 sync = self.world_size == 1 or j == len(tensors) - 1
-                with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+                with modeling.sync_gradients(self.policy.train_model, sync):
                     logp = self._logprobs(self.policy.train_model, t)
                     if old_logps[j] is None:  # first iteration: the current weights sampled this batch
                         old_logps[j] = logp.detach()

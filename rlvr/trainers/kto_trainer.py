@@ -31,7 +31,6 @@ desirable / undesirable examples), ``rewards/margins``, ``logps/chosen`` / ``log
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -212,7 +211,7 @@ class KTOTrainer:
             else:
                 ref, _ = self.reference.logps(batch)
             sync = self.world_size == 1 or j == len(chunks) - 1
-            with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+            with modeling.sync_gradients(self.policy.train_model, sync):
                 logps, _ = offline.sequence_logps(self.policy.train_model, batch, self.policy.bf16, self.device)
                 losses = kto_loss(logps, ref, desirable, kl, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
                 loss = losses.sum() / cfg.batch_size

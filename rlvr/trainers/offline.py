@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from rlvr.environments.base import Environment, Task
-from rlvr.generation import HFGenerator, encode_prompt
+from rlvr.generation import encode_prompt
 from rlvr.preferences import Label, LoadReport, PairsError, PreferencePair, load_labels, load_pairs, unpair
 from rlvr.rewards import Reward
 from rlvr.trainers import modeling, run
@@ -299,10 +299,18 @@ class Reference:
         so the table is the same every time it is computed. Stored as :attr:`table`.
         """
         out = []
-        for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
+        starts = list(range(0, len(items), chunk))
+        # a sharded reference gathers at every forward: each process runs as many as the one with most
+        # items, repeating its last chunk (and dropping the result) when it has fewer
+        rounds = modeling.forward_rounds(self.ref_model if self.ref_model is not None else self.policy.model, len(starts))
+        for i in range(rounds):
+            start = starts[min(i, len(starts) - 1)] if starts else 0
+            part = items[start : start + chunk] or items[:1]
+            if not part:
+                raise ValueError("a process with no item cannot join a sharded model's forwards")
             sums, _ = self.logps(make_batch(part))
-            out.append(sums.float().cpu().view(columns, len(part)).T)
+            if i < len(starts):
+                out.append(sums.float().cpu().view(columns, len(part)).T)
         self.table = torch.cat(out) if out else torch.zeros(0, columns)
         return self.table
 
@@ -339,7 +347,7 @@ def set_up(
     trainer.policy = policy = modeling.load_policy(config, processes, model, tokenizer, peft_config)
     trainer.model, trainer.tokenizer, trainer.device = policy.model, policy.tokenizer, policy.device
     if reference:
-        trainer.reference = Reference(policy, modeling.reference_model(policy))
+        trainer.reference = Reference(policy, modeling.reference_model(policy, config, processes))
 
 
 def finish_set_up(trainer: Any, num_items: int, desc: str, postfix: tuple[str, ...]) -> None:
@@ -394,19 +402,20 @@ def evaluate_policy(
     from rlvr.eval.env import evaluate_environment
 
     start = time.perf_counter()
-    generator = HFGenerator(policy.model, policy.tokenizer, batch_size=batch_size)
-    result = evaluate_environment(
-        None,
-        generator,
-        tasks=list(tasks),
-        reward=reward,
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        seed=seed,
-        correct_threshold=correct_threshold,
-        shard=(processes.rank, processes.world_size),
-        gather=processes.gather,
-    )
+    generator = modeling.live_generator(policy, batch_size=batch_size)
+    with modeling.generating(generator):  # every process is here together
+        result = evaluate_environment(
+            None,
+            generator,
+            tasks=list(tasks),
+            reward=reward,
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            seed=seed,
+            correct_threshold=correct_threshold,
+            shard=(processes.rank, processes.world_size),
+            gather=processes.gather,
+        )
     return {**result, "step": step, "time_s": time.perf_counter() - start}
 
 

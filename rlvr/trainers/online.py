@@ -223,7 +223,7 @@ def set_up(
             ChatTurns(policy.tokenizer, trainer.data.env.tool_schemas())
         except ValueError as exc:
             raise ConfigError(f"environment {trainer.data.env.name!r} is multi-turn, but {exc}") from None
-    trainer.ref_model = modeling.reference_model(policy) if getattr(config, "beta", 0) > 0 else None
+    trainer.ref_model = modeling.reference_model(policy, config, processes) if getattr(config, "beta", 0) > 0 else None
 
 
 def finish_set_up(trainer: Any, generator: Generator | None, desc: str, params: list[Any] | None = None) -> None:
@@ -274,7 +274,8 @@ def collect_groups(
     ``dynamic_sampling_rounds``, ``frac_zero_std_groups`` and ``num_groups`` into ``metrics``
     (:func:`sample_groups`, then :func:`group_metrics`).
     """
-    collected = sample_groups(generator, data, config, step, processes.rank, processes.world_size, timing)
+    with modeling.generating(generator):  # every process is here together, however many times each generates inside
+        collected = sample_groups(generator, data, config, step, processes.rank, processes.world_size, timing)
     metrics.update(group_metrics(collected, processes))
     return collected.rollouts
 
@@ -334,19 +335,20 @@ def evaluate_policy(
     """Greedy held-out evaluation (:func:`~rlvr.eval.env.evaluate_environment`) of the generator's current weights,
     split over the processes; ``tasks`` defaults to the held-out tasks."""
     start = time.perf_counter()
-    result = evaluate_environment(
-        data.env,
-        generator,
-        tasks=list(data.eval_tasks if tasks is None else tasks),
-        reward=data.reward,
-        max_new_tokens=config.max_completion_length,
-        temperature=0.0,
-        seed=config.seed,
-        correct_threshold=config.correct_threshold,
-        shard=(processes.rank, processes.world_size),
-        gather=processes.gather,
-        limits=data.limits,
-    )
+    with modeling.generating(generator):  # every process is here together
+        result = evaluate_environment(
+            data.env,
+            generator,
+            tasks=list(data.eval_tasks if tasks is None else tasks),
+            reward=data.reward,
+            max_new_tokens=config.max_completion_length,
+            temperature=0.0,
+            seed=config.seed,
+            correct_threshold=config.correct_threshold,
+            shard=(processes.rank, processes.world_size),
+            gather=processes.gather,
+            limits=data.limits,
+        )
     return {**result, "step": step, "time_s": time.perf_counter() - start}
 
 
@@ -477,6 +479,12 @@ def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | N
     given the restored weights, and the batches that were in flight (``max_staleness >= 1``)
     kept for the first steps.
     """
+    saved_world = run.read_trainer_state(path).get("world_size", 1)
+    if saved_world != trainer.processes.world_size and run.load_checkpoint_object(path, IN_FLIGHT):
+        raise ConfigError(
+            f"checkpoint {path} holds batches generated ahead by each of its {saved_world} processes; resume it on "
+            f"{saved_world} processes so they are trained on, not lost"
+        )
     trainer.data.order.load(run.resume_trainer(trainer, path, model))
     rollouts.sync_generator(trainer.generator, trainer.policy, version=trainer.step)
     in_flight = run.load_checkpoint_object(path, IN_FLIGHT, trainer.processes.rank)
@@ -531,16 +539,28 @@ def rows_to_train(
     forward or backward pass. Normalisers that count rows or tokens must still count every
     row (the caller does, from :func:`loss_token_counts`).
 
-    With several processes each must take part in the gradient all-reduce, so a process with
-    no row left keeps one -- its shortest (``lengths``) -- whose gradient is exactly 0.
+    With several processes every process runs as many forward/backward passes as the one with
+    most (a sharded model gathers its layers from every process at each one, and each must
+    take part in the gradient all-reduce): a process with fewer keeps, from each micro-batch
+    it left out until the counts match, one row -- its shortest (``lengths``) -- whose gradient
+    is exactly 0.
     """
     n = len(train)
-    chunks = [
-        [i for i in range(start, min(start + micro_batch_size, n)) if bool(train[i])] for start in range(0, n, micro_batch_size)
-    ]
+    whole = [list(range(start, min(start + micro_batch_size, n))) for start in range(0, n, micro_batch_size)]
+    chunks = [[i for i in c if bool(train[i])] for c in whole]
+    left_out = [c for c, kept in zip(whole, chunks) if not kept]
     chunks = [c for c in chunks if c]
-    if not chunks and world_size > 1 and n:
-        chunks = [[min(range(n), key=lambda i: lengths[i])]]
+    if world_size > 1:
+        need = modeling.most_over_processes(len(chunks))
+        while len(chunks) < need and left_out:
+            c = left_out.pop(0)
+            chunks.append([min(c, key=lambda i: lengths[i])])
+        if len(chunks) < need:
+            raise RuntimeError(
+                f"this process has {n} rows, too few for the {need} micro-batches another process runs; "
+                "every process must hold the same number of rollouts"
+            )
+        chunks.sort()
     return chunks
 
 

@@ -298,12 +298,15 @@ def load_critic(
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        model = model.to(policy.device).train()
+        if config.parallelism == "fsdp":
+            modeling.check_shardable(model)
+        else:  # sharded: each layer moves to the device as it is sharded
+            model = model.to(policy.device)
+        model.train()
         hidden_size = model.get_output_embeddings().weight.shape[1]
     head = ValueHead(hidden_size).to(policy.device)
-    several = processes.world_size > 1
-    head_train = processes.accelerator.prepare_model(head) if several else head
-    train_model = (processes.accelerator.prepare_model(model) if several else model) if model is not None else None
+    head_train = modeling.prepare_for_processes(head, config, processes, policy.bf16, layers=False)
+    train_model = modeling.prepare_for_processes(model, config, processes, policy.bf16) if model is not None else None
     return Critic(head, head_train, model, train_model)
 
 
@@ -552,8 +555,7 @@ class PPOTrainer:
             return
         denom = tokens
         scale = float(self.world_size)  # DistributedDataParallel averages the gradients; the loss is already a global mean
-        wrappers = [m for m in (self.policy.train_model, self.critic.head_train, self.critic.train_model)
-                    if isinstance(m, torch.nn.parallel.DistributedDataParallel)]  # fmt: skip
+        trained = (self.policy.train_model, self.critic.head_train, self.critic.train_model)
         micro = [mini[i : i + cfg.micro_batch_size] for i in range(0, len(mini), cfg.micro_batch_size)]
         self.optimizer.zero_grad(set_to_none=True)
         for j, idx in enumerate(micro):
@@ -571,9 +573,8 @@ class PPOTrainer:
                 )
             )
             with contextlib.ExitStack() as stack:
-                if j < len(micro) - 1:  # with several processes, gradients are averaged once, at the last micro-batch
-                    for w in wrappers:
-                        stack.enter_context(w.no_sync())
+                for m in trained:  # with several processes, gradients are averaged at the last micro-batch
+                    stack.enter_context(modeling.sync_gradients(m, j == len(micro) - 1))
                 logp, values, _ = self._forward(t, train=True)
                 policy_loss, clipped = ppo_policy_loss(logp, old_logp, advantages, cfg.cliprange)
                 if cfg.importance_sampling_correction and bool(sampler.any()):
@@ -604,13 +605,12 @@ class PPOTrainer:
 
         path = Path(path)
         modeling.save_policy(self.policy, path, self.processes)
+        head_dir = path
+        if self.critic.model is not None:
+            head_dir = path / "critic"
+            modeling.save_pretrained(self.critic.model, head_dir, self.processes, self.tokenizer)
+        state = modeling.full_state_dict(self.critic.head)  # gathered when sharded: every process takes part
         if self.is_main:
-            head_dir = path
-            if self.critic.model is not None:
-                head_dir = path / "critic"
-                self.critic.model.save_pretrained(head_dir, safe_serialization=True)
-                self.tokenizer.save_pretrained(head_dir)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.critic.head.state_dict().items()}
             save_file(state, str(head_dir / "value_head.safetensors"))
         self.processes.barrier()
 

@@ -34,7 +34,6 @@ loads it, and ``python -m rlvr.eval preferences --reward final_dir`` measures it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -281,7 +280,7 @@ class RewardTrainer:
             margin = torch.tensor([p.margin for p in m], dtype=torch.float32, device=self.device)
             # with several processes, gradients are averaged once, at the last micro-batch
             sync = self.world_size == 1 or j == len(micro) - 1
-            with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+            with modeling.sync_gradients(self.policy.train_model, sync):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.policy.bf16):
                     logits = self.policy.train_model(
                         input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
@@ -331,7 +330,8 @@ class RewardTrainer:
             device=str(self.device), name="reward_model",
         )  # fmt: skip
         try:
-            result = evaluate_preferences(reward, mine)
+            with modeling.whole_model(self.policy):  # each process scores its own share, however many batches that is
+                result = evaluate_preferences(reward, mine)
         finally:
             self.model.train()  # RewardModelReward put it in eval mode
         keys = ("wins", "losses", "ties", "non_ok_pairs", "n_ok", "n_timeout", "n_error", "n_abstain")

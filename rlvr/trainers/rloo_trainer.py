@@ -35,7 +35,6 @@ math (steps 2-4) lives in module-level functions tested against hand-derived val
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -301,7 +300,7 @@ class RLOOTrainer:
             total_loss = 0.0
             for j, t in enumerate(tensors):
                 sync = self.world_size == 1 or j == len(tensors) - 1  # gradients averaged once, at the last micro-batch
-                with contextlib.nullcontext() if sync else self.policy.train_model.no_sync():
+                with modeling.sync_gradients(self.policy.train_model, sync):
                     logp = self._logprobs(self.policy.train_model, t)
                     mask = masks[j].to(logp.device)
                     seq_logp = (logp * mask).sum(-1)

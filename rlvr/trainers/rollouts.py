@@ -39,7 +39,8 @@ from rlvr.environments.multiturn import MultiTurnEnvironment
 from rlvr.episodes import EpisodeLimits, episode_metrics, episode_stats, run_episodes, sampled_mask, score_episodes
 from rlvr.generation import Generation, Generator, HFGenerator, SamplingConfig, VLLMGenerator, choose_generator, engine_dtype
 from rlvr.rewards import Outcome, Reward, Status
-from rlvr.trainers.modeling import Policy, policy_state_dict
+from rlvr.trainers import modeling
+from rlvr.trainers.modeling import Policy, policy_state_dict, policy_weights, save_pretrained
 
 __all__ = [
     "BATCH_METRICS",
@@ -135,12 +136,15 @@ def build_generator(config: Any, policy: Policy, world_size: int, run: str = "")
         server.load_weights(policy_state_dict(policy), version=0)
         return server
     if kind == "hf":
-        return HFGenerator(policy.model, policy.tokenizer, batch_size=max(config.generation_batch_size, 1))
+        return modeling.live_generator(policy, batch_size=max(config.generation_batch_size, 1))
     path = policy.model_path
     if path is None:  # a module was passed in: vLLM loads from a directory, so write one
         path = tempfile.mkdtemp(prefix="rlvr-vllm-")
-        policy.base().save_pretrained(path, state_dict=policy_state_dict(policy), safe_serialization=True)
-        policy.tokenizer.save_pretrained(path)
+        if policy.sharded:
+            save_pretrained(policy.base(), path, None, policy.tokenizer, policy_weights(policy, skip_tied=True))
+        else:
+            policy.base().save_pretrained(path, state_dict=policy_state_dict(policy), safe_serialization=True)
+            policy.tokenizer.save_pretrained(path)
     dtype = engine_dtype(config.vllm_dtype, policy.device)  # auto: bf16 only where bf16 matmuls are fast
     gen = VLLMGenerator(
         path,
@@ -161,12 +165,16 @@ def build_generator(config: Any, policy: Policy, world_size: int, run: str = "")
 
 def sync_generator(generator: Generator, policy: Policy, version: int | None = None) -> float:
     """Give the generator the policy's current weights (``version``: the trainer's step, carried by every
-    completion they sample); returns the seconds it took (0 when it shares them)."""
+    completion they sample); returns the seconds it took (0 when it shares them). A colocated vLLM
+    engine of a sharded policy receives them one gathered tensor at a time."""
     start = time.perf_counter()
     if isinstance(generator, HFGenerator) and generator.model is policy.model:
         generator.load_weights(policy.model, version=version)  # the live training model: only the version moves
         return 0.0
-    generator.load_weights(policy_state_dict(policy), version=version)
+    if policy.sharded and isinstance(generator, VLLMGenerator):
+        generator.load_weights(policy_weights(policy), version=version)
+    else:
+        generator.load_weights(policy_state_dict(policy), version=version)
     return time.perf_counter() - start
 
 

@@ -14,7 +14,8 @@ Plain functions and small classes that a trainer calls explicitly (no base class
   (``transcripts.jsonl``), and :func:`run_training`, the outer loop (evaluate before, train,
   evaluate after, save).
 - :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: trainable
-  weights, optimizer, scheduler, every process's RNG state and its own data order.
+  weights, optimizer, scheduler, every process's RNG state and its own data order (a sharded
+  model's weights and optimizer state: each process's shards, ``torch.distributed.checkpoint``).
 - :func:`plot_curves`: reward and accuracy over steps, with the held-out before/after.
 
 Only process 0 writes the run's files; the others wait at barriers where it matters.
@@ -180,8 +181,8 @@ class DataOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def load(self, state: dict[str, int]) -> None:
-        """Continue from a :meth:`state`."""
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        """Continue from a :meth:`state` (a position past the end of a smaller share: the next epoch's start)."""
+        self.epoch, self.cursor = state["epoch"], min(state["cursor"], self.num_items)
         self._perm = self._permutation()
 
 
@@ -434,7 +435,9 @@ def save_checkpoint(
     """Write a resumable checkpoint atomically (``path.tmp`` then renamed).
 
     ``model``'s trainable parameters, the optimizer and scheduler, and ``state`` (step,
-    config, trainer name: ``trainer_state.json``) come from process 0; every process adds its
+    config, trainer name: ``trainer_state.json``) come from process 0 -- or, for a sharded
+    (FSDP) model, the weights and optimizer state from every process, each writing its own
+    shards under ``sharded/`` with ``torch.distributed.checkpoint`` (no process gathers the model); every process adds its
     own RNG states, ``data`` (its data order) and ``objects`` (name -> anything picklable, e.g.
     the rollouts in flight: :func:`load_checkpoint_object` reads them back). Every process calls this.
     """
@@ -459,12 +462,20 @@ def save_checkpoint(
         (tmp / _rank_file("data", processes.rank, "json")).write_text(json.dumps(data))
     for name, obj in (objects or {}).items():
         torch.save(obj, tmp / _rank_file(name, processes.rank, "pt"))
+    sharded = _is_sharded(model)
+    if sharded:  # each process writes its own shards of the weights and of AdamW's state; nothing is gathered
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / SHARDED))
     processes.barrier()
     if processes.is_main:
-        trainable = {k: v.detach().contiguous().clone() for k, v in model.named_parameters() if v.requires_grad}
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        full = {**state, "data": data, "world_size": processes.world_size}
+        if sharded:
+            torch.save({"scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        else:
+            trainable = {k: v.detach().contiguous().clone() for k, v in model.named_parameters() if v.requires_grad}
+            save_file(trainable, str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        full = {**state, "data": data, "world_size": processes.world_size, "sharded": sharded}
         (tmp / "trainer_state.json").write_text(json.dumps(full, indent=2, default=str))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
@@ -549,9 +560,13 @@ def load_checkpoint(
     ``trainer``: the name of the trainer resuming; a checkpoint another trainer wrote is
     refused before anything is loaded. Returns ``(trainer_state, data)``: the saved state
     and this process's data order.
+
+    A sharded checkpoint (FSDP) is read with ``torch.distributed.checkpoint`` into each process's
+    shards, and may be resumed on another process count: the weights and AdamW's state reshard;
+    each process then continues from process 0's data position in its own share of the data,
+    with seeds from (seed, step, rank). A one-file checkpoint (one process, DDP) needs the count it was written with.
     """
     import torch
-    from safetensors.torch import load_file
 
     path = find_checkpoint(path)
     state = json.loads((path / "trainer_state.json").read_text())
@@ -561,12 +576,87 @@ def load_checkpoint(
             f"checkpoint {path} was written by the {saved_trainer!r} trainer; resume it with --trainer {saved_trainer}"
         )
     saved_world = state.get("world_size", 1)
-    if saved_world != processes.world_size:
+    sharded = _is_sharded(model)
+    if bool(state.get("sharded")) != sharded:
+        saved, now = ("fsdp", "ddp") if state.get("sharded") else ("ddp", "fsdp")
+        raise ConfigError(
+            f"checkpoint {path} was written by a {saved} run and this run is {now}: resume it with --parallelism {saved}"
+        )
+    if saved_world != processes.world_size and not sharded:
         raise ConfigError(
             f"checkpoint {path} was written by {saved_world} process(es) and this run has {processes.world_size}; "
             f"each process's data order and random state are in it, so resume with the same count: torchrun "
             f"--nproc_per_node {saved_world} (or accelerate launch --num_processes {saved_world})"
         )
+    if sharded:
+        _load_sharded(path, model, optimizer)
+        scheduler.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False)["scheduler"])
+    else:
+        _load_whole(path, model, optimizer, scheduler)
+    if saved_world != processes.world_size:
+        # a sharded checkpoint reshards (DCP); each process's data order and random state do not:
+        # every process takes process 0's position in its own share of the data, and fresh seeds
+        if processes.is_main:
+            print(
+                f"checkpoint {path} was written by {saved_world} processes and this run has {processes.world_size}: "
+                "the weights and optimizer state are resharded; each process continues the data order from "
+                "process 0's position and reseeds, so the run goes on but is not the uninterrupted run",
+                flush=True,
+            )
+        seed = int(state.get("config", {}).get("seed", 0))
+        seed_everything(int(np.random.SeedSequence([seed, int(state["step"]), processes.rank]).generate_state(1)[0]))
+        return state, state["data"]
+    rng = torch.load(path / _rank_file("rng", processes.rank, "pt"), weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    data = state["data"] if processes.rank == 0 else json.loads((path / _rank_file("data", processes.rank, "json")).read_text())
+    return state, data
+
+
+SHARDED = "sharded"
+"""A sharded checkpoint's directory of ``torch.distributed.checkpoint`` files (each process's shards)."""
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``{"model": ..., "optimizer": ...}``: the trainable weights' and AdamW's shards, keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    return {"model": model_state, "optimizer": optim_state}
+
+
+def _load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Read a sharded checkpoint into a sharded model and its optimizer, resharding where the process count changed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = _sharded_state(model, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=str(path / SHARDED))
+    except (RuntimeError, ValueError, KeyError) as exc:  # DCP's CheckpointException is a RuntimeError
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0][:300]}); resume with the same model and LoRA settings"
+        ) from exc
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+        options=StateDictOptions(ignore_frozen_params=True),
+    )  # fmt: skip
+
+
+def _load_whole(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Read a one-file checkpoint (``trainable.safetensors``, ``optimizer.pt``), every parameter checked before any is changed."""
+    import torch
+    from safetensors.torch import load_file
+
     params = dict(model.named_parameters())
     saved = load_file(str(path / "trainable.safetensors"))
     for k, v in saved.items():  # check everything before changing anything
@@ -581,14 +671,6 @@ def load_checkpoint(
     opt = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(path / _rank_file("rng", processes.rank, "pt"), weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    data = state["data"] if processes.rank == 0 else json.loads((path / _rank_file("data", processes.rank, "json")).read_text())
-    return state, data
 
 
 # =======================================================================================
