@@ -25,7 +25,12 @@ and exits 1 if any check failed. Checks, in order:
    are two, else beside the trainer with 0.3 of the card), then the GRPO run through it with
    ``--generator vllm_server`` at ``max_staleness`` 0 and 1: median step, weight push per step,
    staleness, and the speedup of K=1 over K=0 (generation overlapping training); then a few steps with
-   ``--weight_transport nccl`` (NCCL from the trainer's GPU to the server's workers).
+   ``--weight_transport nccl`` (NCCL from the trainer's GPU to the server's workers);
+10. sharded training: ``torchrun --nproc_per_node 2 -m rlvr.train --parallelism fsdp`` (one process per
+    GPU, NCCL, bf16 mixed precision where the GPU has bf16) with ``generator=hf`` (and ``vllm`` where
+    installed: weights streamed one gathered tensor at a time), against ``--parallelism ddp``: both run,
+    the median step of each, and a resume from the sharded checkpoint. Needs two GPUs; with
+    ``--allow-cpu`` on a machine without, it runs on two CPU processes (gloo).
 
 Designed to finish in under 10 minutes on one GPU.
 """
@@ -311,6 +316,48 @@ def server_checks(steps: int, tmp: Path, on_gpu: bool) -> None:
             server.kill()
 
 
+def fsdp_checks(tmp: Path, on_gpu: bool) -> None:
+    """Section 10: GRPO over two processes, sharded (fsdp) and replicated (ddp), then a resume of the sharded run."""
+    import torch
+
+    if on_gpu and torch.cuda.device_count() < 2:
+        report("SKIP", "torchrun x2 --parallelism fsdp", "1 GPU here; NCCL puts one process on each GPU, so this needs 2")
+        return
+    from rlvr.generation import vllm_available
+
+    env = dict(os.environ)
+    if not on_gpu:
+        env["OMP_NUM_THREADS"] = "1"
+    steps = 4
+    for generator in ["hf"] + (["vllm"] if on_gpu and vllm_available() else []):
+        medians = {}
+        for parallelism in ("ddp", "fsdp"):
+            out = tmp / f"{parallelism}-{generator}"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "rlvr.train",
+                   "--generator", generator, "--parallelism", parallelism, "--max_steps", str(steps), "--save_steps", "2",
+                   "--eval_before", "false", "--eval_after", "false", "--progress_bar", "false", "--output-dir", str(out)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+            name = f"torchrun x2 --parallelism {parallelism} --generator {generator}"
+            if proc.returncode or not (out / "metrics.jsonl").exists():
+                report("FAIL", name, (proc.stderr.strip().splitlines() or ["failed"])[-1][-300:])
+                continue
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            medians[parallelism] = statistics.median(r["step_time_s"] for r in rows[1:])
+            estimate = next((line for line in proc.stdout.splitlines() if line.startswith("memory per process")), "")
+            check(name, len(rows) == steps and (out / "final" / "config.json").exists(),
+                  f"{steps} steps, median step {medians[parallelism]:.2f} s, reward {rows[0]['reward_mean']:.2f} -> "
+                  f"{rows[-1]['reward_mean']:.2f}; {estimate}")  # fmt: skip
+            if parallelism == "fsdp":  # resume the sharded checkpoint of step 2 and run to the end again
+                proc = subprocess.run([*cmd, "--resume", str(out / "checkpoint-2")], capture_output=True, text=True, check=False, env=env)
+                again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+                same = proc.returncode == 0 and [r["loss"] for r in again] == [r["loss"] for r in rows]
+                check(f"fsdp resume from checkpoint-2 ({generator})", same,
+                      "steps 3-4 give the uninterrupted run's losses" if same else (proc.stderr.strip().splitlines() or ["?"])[-1][-300:])
+        if len(medians) == 2:
+            report("INFO", f"fsdp vs ddp step ({generator})", f"{medians['fsdp']:.2f} s vs {medians['ddp']:.2f} s "
+                   f"({medians['fsdp'] / medians['ddp']:.2f}x)")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -375,6 +422,7 @@ def main() -> int:
             server_checks(args.steps, Path(tmp), on_gpu)
         else:
             report("FAIL" if on_gpu else "SKIP", "generation server", "vllm is not installed")
+        fsdp_checks(Path(tmp), on_gpu)
     failed = [r for r in RESULTS if r[0] == "FAIL"]
     print(f"{len(RESULTS) - len(failed)} checks passed or skipped, {len(failed)} failed", flush=True)
     return 1 if failed else 0

@@ -551,7 +551,7 @@ def rows_to_train(
     left_out = [c for c, kept in zip(whole, chunks) if not kept]
     chunks = [c for c in chunks if c]
     if world_size > 1:
-        need = modeling.most_over_processes(len(chunks))
+        need = max(modeling.most_over_processes(len(chunks)), 1 if n else 0)
         while len(chunks) < need and left_out:
             c = left_out.pop(0)
             chunks.append([min(c, key=lambda i: lengths[i])])
