@@ -1,18 +1,21 @@
 """Sharded training (``parallelism: fsdp``) against one process and against DDP, on CPU processes (gloo).
 
     python bench/fsdp.py equality            # 1 process vs 2 sharded: GRPO and DPO, 2 steps (tiny model)
-    python bench/fsdp.py memory [--steps 4]  # 2 x DDP vs 2 x FSDP on a ~300M-parameter Llama built from its config
+    python bench/fsdp.py memory [--steps 4 --rows 2 --length 128]  # 2 x DDP vs 2 x FSDP, ~300M-parameter Llama
 
 ``equality`` runs the scripts of ``tests/test_fsdp.py`` (the same batches, one process or split over
 two) and prints the largest relative difference of the loss and grad norm over the steps and the
 largest absolute difference of the final weights (read from each run's ``final/``).
 
-``memory`` trains the DPO trainer for ``--steps`` steps on a Llama of 24 layers x 1024 built from a
-config (SmolLM2's vocabulary, seeded, fp32, no download) with each parallelism, 2 processes. Each
-process resets its peak RSS (``/proc/self/clear_refs``) once the trainer is set up, so the peak it
-reports is that of training (weights, gradients, AdamW's state, activations); the peak over the
-whole process (loading included) is printed beside it. Step time: the median of the steps after
-the first. Prints the CPU and a markdown table.
+``memory`` trains a Llama of 24 layers x 1024 (vocab 49152, ~300M parameters, fp32, built from a
+config, seeded, no download) with rlvr's own plumbing -- ``modeling.load_policy`` (DDP wrapper or
+FSDP2 shards), ``make_optimizer`` (AdamW), ``sync_gradients``, ``offline.sequence_logps`` -- on
+random tokens, 2 processes, ``--steps`` steps of two micro-batches of ``--rows`` x ``--length``
+tokens: the trainable state and nothing else (no reference model, no generation). Each process
+records its RSS before any model (its baseline), resets its peak RSS once set up
+(``/proc/self/clear_refs``), and reports the peak in training, the bytes of its weights,
+gradients and AdamW moments (local shards under fsdp), and the median step after the first.
+Runs ddp, fsdp, and fsdp with ``fsdp_reshard_after_forward: false``. Prints the CPU and a table.
 """
 
 from __future__ import annotations
@@ -94,12 +97,10 @@ MEMORY = textwrap.dedent(
     """
     import json, statistics, sys, time
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from rlvr.models import resolve_model
-    from rlvr.preferences import load_pairs
-    from rlvr.trainers.dpo_config import DPOConfig
-    from rlvr.trainers.dpo_trainer import DPOTrainer
-    from rlvr.trainers.run import finish_processes
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from rlvr.trainers import modeling, offline
+    from rlvr.trainers.config import TrainConfig
+    from rlvr.trainers.run import Processes, finish_processes
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -107,73 +108,98 @@ MEMORY = textwrap.dedent(
                 return int(line.split()[1]) * 1024
         return 0
 
+    def nbytes(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
     if __name__ == "__main__":
-        out, parallelism, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+        out, parallelism, reshard, steps, rows, length = sys.argv[1], sys.argv[2], sys.argv[3] == "1", *map(int, sys.argv[4:7])
+        processes = Processes()
+        baseline = status("VmRSS")  # python, torch, transformers: before any model
         torch.manual_seed(0)
         config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=16,
-            num_key_value_heads=16, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=49152, hidden_size=1024, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=16,
+            num_key_value_heads=16, tie_word_embeddings=True,
         )
-        model = LlamaForCausalLM(config)
-        n_params = sum(p.numel() for p in model.parameters())
-        words = ["cats", "rain", "trees", "bread", "stone", "wind", "sea", "salt"]
-        rows = [{"prompt": [{"role": "user", "content": f"Say something long about {w}, please."}],
-                 "chosen": f"{w} are nice, " * 6, "rejected": "no " * 12} for w in words]
-        cfg = DPOConfig(max_steps=steps, batch_size=4, micro_batch_size=1, learning_rate=1e-5, bf16=False, progress_bar=False,
-                        output_dir=out, save_final_model=False, parallelism=parallelism, max_length=128)
-        trainer = DPOTrainer(cfg, model=model, tokenizer=tokenizer, pairs=load_pairs(rows))
-        del model
+        cfg = TrainConfig(parallelism=parallelism, fsdp_reshard_after_forward=reshard, bf16=False, micro_batch_size=rows,
+                          progress_bar=False, learning_rate=1e-5)
+        policy = modeling.load_policy(cfg, processes, LlamaForCausalLM(config), tokenizer=type("T", (), {"pad_token_id": 0})())
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        optimizer = modeling.make_optimizer(cfg, params, policy.device)
         setup_peak = status("VmHWM")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS: from here on it is training's
-        times = []
-        for _ in range(steps):
+        g = torch.Generator().manual_seed(1 + processes.rank)
+        times, losses = [], []
+        for step in range(steps):
             start = time.perf_counter()
-            trainer.training_step()
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for j in range(2):  # two micro-batches per step
+                ids = torch.randint(1, 49152, (rows, length), generator=g)
+                batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": torch.ones_like(ids)}
+                with modeling.sync_gradients(policy.train_model, j == 1):
+                    logps, counts = offline.sequence_logps(policy.train_model, batch, False, policy.device)
+                    loss = -(logps / counts).mean() / 2
+                    loss.backward()
+                total += float(loss)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            optimizer.step()
             times.append(time.perf_counter() - start)
-        result = {"rank": trainer.rank, "params": n_params, "train_peak": status("VmHWM"), "setup_peak": setup_peak,
-                  "rss_after": status("VmRSS"), "step_s": statistics.median(times[1:]), "times": times,
-                  "loss": [h["loss"] for h in trainer.history]}
-        with open(f"{out}/memory-{parallelism}-{trainer.rank}.json", "w") as f:
+            losses.append((processes.sum(total)[0] / processes.world_size, norm))
+        state = sum(nbytes(p) for p in params) + sum(nbytes(p.grad) for p in params if p.grad is not None)
+        state += sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+        result = {"rank": processes.rank, "params": sum(p.numel() for p in policy.model.parameters()) if parallelism == "ddp" else None,
+                  "baseline": baseline, "setup_peak": setup_peak, "train_peak": status("VmHWM"), "rss_after": status("VmRSS"),
+                  "state_bytes": state, "step_s": statistics.median(times[1:]), "times": times, "losses": losses}
+        with open(f"{out}/memory-{parallelism}-{int(reshard)}-{processes.rank}.json", "w") as f:
             json.dump(result, f)
         finish_processes()
     """
 )
 
 
-def memory(steps: int) -> None:
+def memory(steps: int, rows: int, length: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rlvr-fsdp-mem-"))
     script = tmp / "memory.py"
     script.write_text(MEMORY)
     print(f"CPU: {cpu()}\n")
-    rows = {}
-    for parallelism in ("ddp", "fsdp"):
-        launch(str(script), str(tmp), parallelism, str(steps), processes=2)
-        rows[parallelism] = [json.loads((tmp / f"memory-{parallelism}-{r}.json").read_text()) for r in (0, 1)]
+    runs = {}
+    for parallelism, reshard in (("ddp", 1), ("fsdp", 1), ("fsdp", 0)):
+        launch(str(script), str(tmp), parallelism, str(reshard), str(steps), str(rows), str(length), processes=2)
+        runs[parallelism, reshard] = [json.loads((tmp / f"memory-{parallelism}-{reshard}-{r}.json").read_text()) for r in (0, 1)]
     gib = 1 << 30
-    params = rows["ddp"][0]["params"]
-    print(f"model: Llama, 24 layers x 1024, {params / 1e6:.0f}M parameters (fp32); DPO, batch 4 pairs, micro-batch 1, max_length 128\n")
-    print("| parallelism | peak RSS in training, per process (GiB) | peak RSS with loading (GiB) | step time, median (s) | losses |")
-    print("|---|---|---|---|---|")
-    for parallelism, ranks in rows.items():
+    params = runs["ddp", 1][0]["params"]
+    print(f"model: Llama, 24 layers x 1024, vocab 49152, {params / 1e6:.0f}M parameters, fp32, AdamW; 2 processes; "
+          f"{steps} steps of 2 micro-batches of {rows} x {length} tokens per process\n")  # fmt: skip
+    print("| parallelism | trainable state per process (weights + grads + AdamW, GiB) | peak RSS in training above the "
+          "process's baseline (GiB) | peak RSS in training (GiB) | step time, median (s) | loss, grad norm at the last step |")
+    print("|---|---|---|---|---|---|")
+    for (parallelism, reshard), ranks in runs.items():
+        name = parallelism if parallelism == "ddp" else f"fsdp, reshard_after_forward {bool(reshard)}"
+        state = max(r["state_bytes"] for r in ranks) / gib
+        above = max(r["train_peak"] - r["baseline"] for r in ranks) / gib
         peak = max(r["train_peak"] for r in ranks) / gib
-        setup = max(max(r["setup_peak"], r["train_peak"]) for r in ranks) / gib
         step = statistics.mean(r["step_s"] for r in ranks)
-        losses = ", ".join(f"{x:.5f}" for x in ranks[0]["loss"])
-        print(f"| {parallelism} | {peak:.2f} | {setup:.2f} | {step:.2f} | {losses} |")
-    ratio = max(r["train_peak"] for r in rows["fsdp"]) / max(r["train_peak"] for r in rows["ddp"])
-    time_ratio = statistics.mean(r["step_s"] for r in rows["fsdp"]) / statistics.mean(r["step_s"] for r in rows["ddp"])
-    print(f"\nfsdp / ddp: peak RSS in training {ratio:.2f}x, step time {time_ratio:.2f}x")
+        loss, norm = ranks[0]["losses"][-1]
+        print(f"| {name} | {state:.2f} | {above:.2f} | {peak:.2f} | {step:.2f} | {loss:.6f}, {norm:.6f} |")
+    ddp = runs["ddp", 1]
+    for key in (("fsdp", 1), ("fsdp", 0)):
+        f = runs[key]
+        print(f"\nfsdp (reshard_after_forward {bool(key[1])}) / ddp: trainable state "
+              f"{max(r['state_bytes'] for r in f) / max(r['state_bytes'] for r in ddp):.2f}x, peak RSS above baseline "
+              f"{max(r['train_peak'] - r['baseline'] for r in f) / max(r['train_peak'] - r['baseline'] for r in ddp):.2f}x, "
+              f"step time {statistics.mean(r['step_s'] for r in f) / statistics.mean(r['step_s'] for r in ddp):.2f}x")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("equality", "memory"))
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=2, help="memory: sequences per micro-batch")
+    parser.add_argument("--length", type=int, default=128, help="memory: tokens per sequence")
     args = parser.parse_args()
-    equality() if args.what == "equality" else memory(args.steps)
+    equality() if args.what == "equality" else memory(args.steps, args.rows, args.length)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ model, the optimizer and schedule, completion log-probabilities, saving the weig
 - What differs between the two, so that no trainer needs to know: :func:`sync_gradients`
   (DDP's ``no_sync`` for micro-batches; FSDP reduce-scatters every backward, so gradients stay
   sharded), :func:`whole_model` (every process holds all the weights for a while: generation
-  and evaluation, where processes run different numbers of forwards), :func:`forward_rounds`
+  and evaluation, where processes run different numbers of forwards; :func:`live_generator`
+  and :func:`generating` use it for the ``hf`` generator), :func:`forward_rounds`
   (how many forwards of a sharded model every process must run together),
   :func:`policy_weights` (the full weights one tensor at a time, gathered from the shards) and
   :func:`memory_estimate` (params, grads, optimizer and activations per process, ddp vs fsdp).

@@ -305,7 +305,8 @@ def load_critic(
         model.train()
         hidden_size = model.get_output_embeddings().weight.shape[1]
     head = ValueHead(hidden_size).to(policy.device)
-    head_train = modeling.prepare_for_processes(head, config, processes, policy.bf16, layers=False)
+    # the head computes in float32 (it casts its input): sharded, its parameters stay float32 too
+    head_train = modeling.prepare_for_processes(head, config, processes, bf16=False, layers=False)
     train_model = modeling.prepare_for_processes(model, config, processes, policy.bf16) if model is not None else None
     return Critic(head, head_train, model, train_model)
 
