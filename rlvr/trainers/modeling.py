@@ -261,7 +261,18 @@ def prepare_for_processes(
     # Its parameters (embeddings, LM head) are needed again at once by the backward: kept gathered until it
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     fully_shard(root, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=root_reshard)
+    _release_freed_memory()
     return model
+
+
+def _release_freed_memory() -> None:
+    """Give the operating system back the heap memory of the whole weights sharding just dropped:
+    glibc keeps freed blocks of that size mapped (``malloc_trim``); elsewhere, nothing to do."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
