@@ -789,6 +789,7 @@ def estimate_memory(
     bf16: bool = False,
     gradient_checkpointing: bool = False,
     cpu_offload: bool = False,
+    logit_tokens: int | None = None,
 ) -> MemoryEstimate:
     """The memory per process of training a model of ``num_params`` weights (``num_trainable``
     of them trained) with ``layers`` decoder layers of width ``hidden``, a ``vocab``-sized LM
@@ -799,13 +800,13 @@ def estimate_memory(
     ``bf16``); ``cpu_offload`` moves the sharded state out of GPU memory (counted as 0 there).
     Activations per layer are ~34 x tokens x hidden bytes in 16-bit (twice that in fp32; one
     layer plus each layer's input with gradient checkpointing), plus the fp32 logits and their
-    gradient (8 x tokens x vocab). A first-order estimate: allocator slack, DDP's buckets and
-    the CUDA context are not in it.
+    gradient (8 x ``logit_tokens`` x vocab; default: every token). A first-order estimate:
+    allocator slack, DDP's buckets and the CUDA context are not in it.
     """
     act_bytes = 2 if bf16 else 4
     per_layer = 34 * tokens * hidden * act_bytes / 2
     activations = (per_layer + layers * tokens * hidden * act_bytes if gradient_checkpointing else layers * per_layer)
-    activations += 8 * tokens * vocab
+    activations += 8 * (tokens if logit_tokens is None else logit_tokens) * vocab
     ddp = 4 * num_params + 12 * num_trainable + activations
     if parallelism != "fsdp" or world_size == 1:
         return MemoryEstimate("ddp", world_size, 4 * num_params, 4 * num_trainable, 8 * num_trainable, activations, ddp)
@@ -818,8 +819,10 @@ def estimate_memory(
 
 
 def memory_estimate(model: torch.nn.Module, config: TrainConfig, world_size: int, bf16: bool = False) -> MemoryEstimate:
-    """:func:`estimate_memory` of ``model`` trained with ``config`` on ``world_size`` processes
-    (a micro-batch of ``micro_batch_size`` sequences of the config's longest prompt + completion)."""
+    """:func:`estimate_memory` of ``model`` trained with ``config`` on ``world_size`` processes: a
+    micro-batch of ``micro_batch_size`` sequences of the config's ``max_length`` (offline methods:
+    logits at every position), or of ``max_prompt_length`` (256 where the config has none) plus
+    ``max_completion_length`` (online methods: logits at the completion positions only)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(base, "config", None)
     params = list(model.parameters())
@@ -833,6 +836,7 @@ def memory_estimate(model: torch.nn.Module, config: TrainConfig, world_size: int
         layers=getattr(cfg, "num_hidden_layers", 0),
         vocab=getattr(cfg, "vocab_size", 0),
         tokens=config.micro_batch_size * length,
+        logit_tokens=None if getattr(config, "max_length", None) else config.micro_batch_size * getattr(config, "max_completion_length", length),
         world_size=world_size,
         parallelism=config.parallelism,
         bf16=bf16,
