@@ -33,14 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{info.get('Model name', '?').strip()} (family {info.get('CPU family', '?').strip()} model {info.get('Model', '?').strip()}), {os.cpu_count()} CPUs, flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
+from generation_server import cpu  # noqa: E402 -- the CPU line every benchmark here prints
 
 
 def launch(*args: str, processes: int = 1, threads: int = 1) -> None:

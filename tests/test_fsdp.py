@@ -24,6 +24,16 @@ from rlvr.trainers.config import ConfigError
 
 WORDS = ["cats", "rain", "trees", "bread"]
 
+# How both equality scripts end: final/ and the step's loss and grad norm, named by process count and parallelism.
+FINISH = """
+        tag = f"{trainer.world_size}-{trainer.config.parallelism}"
+        trainer.save_model(f"{out}/final-{tag}")
+        if trainer.rank == 0:
+            with open(f"{out}/history-{tag}.json", "w") as f:
+                json.dump([{k: h[k] for k in ("loss", "grad_norm")} for h in trainer.history], f)
+        finish_processes()
+"""
+
 # Online trainers: 16 completions (4 prompts x 4, sampled once, cut to uneven lengths) trained on
 # twice, by one process or 8 + 8 by two; then final/ is written.
 ONLINE = textwrap.dedent(
@@ -63,13 +73,8 @@ ONLINE = textwrap.dedent(
         mine = rollouts[trainer.rank * share : (trainer.rank + 1) * share]  # whole groups: 4 per prompt, in order
         for _ in range(2):
             trainer._train_on(mine, {}, new_timing())
-        tag = f"{trainer.world_size}-{cfg.parallelism}"
-        trainer.save_model(f"{out}/final-{tag}")
-        if trainer.rank == 0:
-            with open(f"{out}/history-{tag}.json", "w") as f:
-                json.dump([{k: h[k] for k in ("loss", "grad_norm")} for h in trainer.history], f)
-        finish_processes()
     """
+    + FINISH
 ).replace("WORDS", repr(WORDS))
 
 # Offline trainers: 4 pairs, a batch of 4 (every pair at every step), evaluated first on 3
@@ -102,13 +107,8 @@ OFFLINE = textwrap.dedent(
         trainer.evaluate()
         for _ in range(2):
             trainer.training_step()
-        tag = f"{trainer.world_size}-{trainer.config.parallelism}"
-        trainer.save_model(f"{out}/final-{tag}")
-        if trainer.rank == 0:
-            with open(f"{out}/history-{tag}.json", "w") as f:
-                json.dump([{k: h[k] for k in ("loss", "grad_norm")} for h in trainer.history], f)
-        finish_processes()
     """
+    + FINISH
 ).replace("WORDS", repr(WORDS))
 
 # A whole GRPO run (generation, evaluation, checkpoints, final/) that may resume; rank 0 writes

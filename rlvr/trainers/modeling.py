@@ -46,7 +46,7 @@ import torch
 
 from rlvr.generation import Generator, HFGenerator, bf16_is_fast
 from rlvr.trainers.config import ConfigError, TrainConfig
-from rlvr.trainers.run import Processes
+from rlvr.trainers.run import Processes, is_sharded
 
 __all__ = [
     "Policy",
@@ -173,9 +173,9 @@ def load_policy(
     if processes.is_main:
         print(memory_estimate(model, config, processes.world_size, bf16).summary(), flush=True)
     train_model = prepare_for_processes(model, config, processes, bf16)
-    policy = Policy(model, train_model, tokenizer, model_path, peft_config is not None, device, bf16, sharded)
-    policy.reshard_after_forward = config.fsdp_reshard_after_forward
-    return policy
+    return Policy(
+        model, train_model, tokenizer, model_path, peft_config is not None, device, bf16, sharded, config.fsdp_reshard_after_forward
+    )
 
 
 # =======================================================================================
@@ -261,25 +261,7 @@ def prepare_for_processes(
     # Its parameters (embeddings, LM head) are needed again at once by the backward: kept gathered until it
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
     fully_shard(root, mesh=mesh, mp_policy=mp, offload_policy=offload, reshard_after_forward=root_reshard)
-    _release_freed_memory()
     return model
-
-
-def _release_freed_memory() -> None:
-    """Give the operating system back the heap memory of the whole weights sharding just dropped:
-    glibc keeps freed blocks of that size mapped (``malloc_trim``); elsewhere, nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (or a module inside it) is sharded with FSDP2."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 @contextlib.contextmanager
@@ -598,14 +580,6 @@ def policy_weights(policy: Policy, skip_tied: bool = False) -> Iterator[tuple[st
     process must read it to the end together. ``skip_tied``: a weight that is another's (a tied
     LM head) comes once, under its first name (what ``save_pretrained`` writes).
     """
-    if not policy.sharded:
-        seen: set[int] = set()
-        for name, tensor in policy_state_dict(policy).items():
-            if skip_tied and tensor.data_ptr() in seen:
-                continue
-            seen.add(tensor.data_ptr())
-            yield name, tensor
-        return
     yield from _gathered(policy.base(), skip_tied)
 
 

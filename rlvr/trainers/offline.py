@@ -303,11 +303,11 @@ class Reference:
         # a sharded reference gathers at every forward: each process runs as many as the one with most
         # items, repeating its last chunk (and dropping the result) when it has fewer
         rounds = modeling.forward_rounds(self.ref_model if self.ref_model is not None else self.policy.model, len(starts))
+        if rounds and not starts:
+            raise ValueError("a process with no item cannot join a sharded model's forwards")
         for i in range(rounds):
-            start = starts[min(i, len(starts) - 1)] if starts else 0
-            part = items[start : start + chunk] or items[:1]
-            if not part:
-                raise ValueError("a process with no item cannot join a sharded model's forwards")
+            start = starts[min(i, len(starts) - 1)]
+            part = items[start : start + chunk]
             sums, _ = self.logps(make_batch(part))
             if i < len(starts):
                 out.append(sums.float().cpu().view(columns, len(part)).T)

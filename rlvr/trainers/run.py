@@ -50,6 +50,7 @@ __all__ = [
     "load_checkpoint_object",
     "choose_run_dir",
     "find_checkpoint",
+    "is_sharded",
     "log_step",
     "finish_processes",
     "load_checkpoint",
@@ -462,7 +463,7 @@ def save_checkpoint(
         (tmp / _rank_file("data", processes.rank, "json")).write_text(json.dumps(data))
     for name, obj in (objects or {}).items():
         torch.save(obj, tmp / _rank_file(name, processes.rank, "pt"))
-    sharded = _is_sharded(model)
+    sharded = is_sharded(model)
     if sharded:  # each process writes its own shards of the weights and of AdamW's state; nothing is gathered
         import torch.distributed.checkpoint as dcp
 
@@ -576,7 +577,7 @@ def load_checkpoint(
             f"checkpoint {path} was written by the {saved_trainer!r} trainer; resume it with --trainer {saved_trainer}"
         )
     saved_world = state.get("world_size", 1)
-    sharded = _is_sharded(model)
+    sharded = is_sharded(model)
     if bool(state.get("sharded")) != sharded:
         saved, now = ("fsdp", "ddp") if state.get("sharded") else ("ddp", "fsdp")
         raise ConfigError(
@@ -620,7 +621,8 @@ SHARDED = "sharded"
 """A sharded checkpoint's directory of ``torch.distributed.checkpoint`` files (each process's shards)."""
 
 
-def _is_sharded(model: torch.nn.Module) -> bool:
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s parameters (or some of them: a module that holds sharded ones) are sharded over the processes (FSDP2)."""
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
