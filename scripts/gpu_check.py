@@ -30,7 +30,10 @@ and exits 1 if any check failed. Checks, in order:
     GPU, NCCL, bf16 mixed precision where the GPU has bf16) with ``generator=hf`` (and ``vllm`` where
     installed: weights streamed one gathered tensor at a time), against ``--parallelism ddp``: both run,
     the median step of each, and a resume from the sharded checkpoint. Needs two GPUs; with
-    ``--allow-cpu`` on a machine without, it runs on two CPU processes (gloo).
+    ``--allow-cpu`` on a machine without, it runs on two CPU processes (gloo);
+11. precision: what ``rlvr.precision.machine_precision`` chooses on the device (CUDA: bf16 where the card
+    supports it) and the peak it measures there (the bf16 and fp32 1024^3 matmul rates ``mfu`` divides by),
+    and that the GRPO runs of check 7 log ``mfu`` in (0, 1).
 
 Designed to finish in under 10 minutes on one GPU.
 """
@@ -247,7 +250,22 @@ def grpo_run(generator: str, steps: int, out: Path, extra: list[str] | None = No
         "turns_mean": statistics.mean(r.get("turns_mean", 1.0) for r in rows),
         "staleness_max": max(r.get("staleness_max", 0) for r in rows),
         "push_s": statistics.median(r.get("weight_push_time_s", r.get("weight_sync_time_s", 0.0)) for r in rows),
+        "mfu": statistics.median(r.get("mfu", float("nan")) for r in rows),
     }
+
+
+def precision_check(on_gpu: bool) -> None:
+    import torch
+
+    from rlvr.precision import machine_precision
+
+    device = torch.device("cuda" if on_gpu else "cpu")
+    choice = machine_precision(device, refresh=True)
+    peak = choice.gflops.get("peak", {})
+    expected = torch.cuda.is_bf16_supported() if on_gpu else choice.train_bf16
+    check("precision", choice.train_bf16 == expected and peak.get("float32", 0) > 0,
+          f"{choice.source}: trainer {'bf16' if choice.train_bf16 else 'fp32'}, engine {choice.engine_dtype}; "
+          f"peak {', '.join(f'{d} {r:.0f} GFLOP/s' for d, r in peak.items())}; probe {choice.probe_s:.2f} s")  # fmt: skip
 
 
 def server_checks(steps: int, tmp: Path, on_gpu: bool) -> None:
@@ -387,6 +405,10 @@ def main() -> int:
     else:
         report("FAIL" if on_gpu else "SKIP", "engine checks", "vllm is not installed (pip install 'rlvr[vllm]')")
 
+    try:
+        precision_check(on_gpu)
+    except Exception as exc:  # noqa: BLE001 -- a crash is a failed check
+        report("FAIL", "precision", f"{type(exc).__name__}: {exc}")
     with tempfile.TemporaryDirectory(prefix="rlvr-gpu-check-") as tmp:
         for generator in (["vllm"] if vllm_available() else []) + ["hf"]:
             r = grpo_run(generator, args.steps, Path(tmp) / generator)
@@ -394,8 +416,8 @@ def main() -> int:
                 report_failed_run(f"GRPO {generator}", r)
                 continue
             spread_ok = generator == "hf" or (0.95 <= r["is_p5"] and r["is_p95"] <= 1.05)
-            check(f"GRPO {generator}", spread_ok,
-                  f"{args.steps} steps, wall {r['wall_s']:.0f} s, median step {r['median_step_s']:.2f} s, "
+            check(f"GRPO {generator}", spread_ok and 0 < r["mfu"] < 1,
+                  f"{args.steps} steps, wall {r['wall_s']:.0f} s, median step {r['median_step_s']:.2f} s, mfu {r['mfu']:.3f}, "
                   f"{r['tokens_per_s']:.0f} tokens/s, IS ratio p5/p95 {r['is_p5']:.3f}/{r['is_p95']:.3f}, "
                   f"reward {r['reward_first_last'][0]:.2f} -> {r['reward_first_last'][1]:.2f}")  # fmt: skip
         if vllm_available():

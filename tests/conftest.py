@@ -15,6 +15,12 @@ import pytest
 # Tests never reach a model hub: everything they load is local or built from a config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests compare numbers across runs and against other libraries: they train in fp32 on any CPU
+# (tests/test_precision.py unsets this to test the measured choice). A machine where bf16 would
+# be chosen otherwise gives the same results as one where it would not.
+os.environ.setdefault("RLVR_PRECISION", "fp32")
+# ... and their probes (timed while tests run) stay out of the user's cache, where real runs read them
+os.environ.setdefault("RLVR_PRECISION_CACHE", tempfile.mkdtemp(prefix="rlvr-test-precision-"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

@@ -117,9 +117,12 @@ def test_training_changes_weights_and_logs_every_metric(tokenizer, tmp_path):
         assert 0 < r["useful_tokens"] <= r["train_tokens"] < 1.5 * r["useful_tokens"]
         assert r["useful_tokens"] >= r["completion_len_mean"] * 8
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["trainer"] == "grpo" and config["resolved"] == {
+    resolved = config["resolved"]
+    assert config["trainer"] == "grpo" and {k: resolved[k] for k in ("trainer_precision", "generator", "engine_dtype")} == {
         "trainer_precision": "fp32", "generator": "hf", "engine_dtype": "the trainer's model",
     }
+    assert resolved["precision"]["train_bf16"] is False and resolved["precision"]["source"]
+    assert all(0 < r["mfu"] < 1 for r in rows)
     assert set(summary) >= {"before", "after"} and (tmp_path / "eval.json").exists()
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / "final" / "tokenizer.json").exists()
 

@@ -21,11 +21,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["ConfigError", "TrainConfig", "check_batches", "launched_world_size", "PARALLELISM", "REPORT_TO", "SCHEDULERS"]
+from rlvr.precision import precision_override
+
+__all__ = ["ConfigError", "TrainConfig", "check_batches", "launched_world_size", "LOG_LEVELS", "PARALLELISM", "REPORT_TO", "SCHEDULERS"]
 
 SCHEDULERS = ("constant", "linear", "cosine")
 PARALLELISM = ("ddp", "fsdp")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+LOG_LEVELS = ("info", "debug", "warning")
 
 
 class ConfigError(ValueError):
@@ -67,7 +70,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     bf16: bool | None = None
-    """Run the trainer's forward/backward under bf16 autocast; None = on where bf16 is fast (CUDA with bf16, CPUs with AMX)."""
+    """Run the trainer's forward/backward under bf16 autocast; None = where it is faster: measured once per CPU (``python -m rlvr doctor``), CUDA with bf16; ``RLVR_PRECISION=fp32|bf16`` decides for the machine."""
     lora_r: int = 0
     """LoRA rank; 0 = full fine-tuning. The saved ``final/`` model is merged."""
     lora_alpha: int = 32
@@ -98,6 +101,8 @@ class TrainConfig:
     """Extra loggers: ``tensorboard``, ``wandb``, ``mlflow`` (a list or comma-separated); ``none`` = only metrics.jsonl."""
     progress_bar: bool = True
     """Show a tqdm progress bar."""
+    log_level: str = "info"
+    """What reaches the terminal: ``info`` (rlvr's progress and results; the generation engine's messages go to ``engine.log`` in the run directory, its real warnings and errors still to stderr), ``debug`` (everything, the engine's included), ``warning`` (no progress bar or memory estimate)."""
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -174,6 +179,11 @@ class TrainConfig:
             if r not in REPORT_TO:
                 self.fail("report_to", f"unknown logger {r!r}; use any of {', '.join(REPORT_TO)}")
         self.check_positive("max_steps", "micro_batch_size", "logging_steps")
+        self.check_choice("log_level", LOG_LEVELS)
+        try:
+            precision_override()  # RLVR_PRECISION, read before any model loads
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.check_non_negative("save_steps", "warmup_steps", "lora_r")
         if self.learning_rate <= 0:
             self.fail("learning_rate", f"must be > 0, got {self.learning_rate}")

@@ -4,9 +4,10 @@ model, the optimizer and schedule, completion log-probabilities, saving the weig
 - :func:`load_policy` -> :class:`Policy`: the model (a name, a path or a module), its
   tokenizer, LoRA (``peft``), gradient checkpointing, the process's device, how several
   processes share it (:func:`prepare_for_processes`: the DDP wrapper, or with ``parallelism:
-  fsdp`` FSDP2 shards one decoder layer at a time), and the bf16 choice (:func:`bf16_is_fast`:
-  on for CUDA with bf16 and for CPUs with AMX; on a CPU without AMX bf16 matmuls are slower
-  than fp32).
+  fsdp`` FSDP2 shards one decoder layer at a time), and the bf16 choice (:func:`choose_precision`:
+  ``config.bf16``, else what :func:`rlvr.precision.machine_precision` measured on this CPU --
+  bf16 is 4x faster than fp32 on some CPUs and 100x slower on others -- or CUDA's rule; process 0
+  decides for all), and what ``mfu`` is measured with (:func:`train_flops_per_token`).
 - What differs between the two, so that no trainer needs to know: :func:`sync_gradients`
   (DDP's ``no_sync`` for micro-batches; FSDP reduce-scatters every backward, so gradients stay
   sharded), :func:`whole_model` (every process holds all the weights for a while: generation
@@ -45,12 +46,17 @@ from typing import Any
 import torch
 
 from rlvr.generation import Generator, HFGenerator, bf16_is_fast
+from rlvr.precision import PrecisionChoice, machine_precision
 from rlvr.trainers.config import ConfigError, TrainConfig
 from rlvr.trainers.run import Processes, is_sharded
 
 __all__ = [
     "Policy",
     "bf16_is_fast",
+    "choose_precision",
+    "precision_line",
+    "precision_record",
+    "train_flops_per_token",
     "completion_logprobs",
     "forward_rounds",
     "generating",
@@ -95,6 +101,9 @@ class Policy:
         sharded: Whether ``model`` is sharded over the processes (``parallelism: fsdp``); then
             ``train_model`` is ``model`` itself.
         reshard_after_forward: Sharded: whether a decoder layer frees its gathered parameters after its forward.
+        precision: What the machine's measurement chose (:func:`choose_precision`), the engine's dtype included.
+        train_flops_per_token: Model FLOPs of one trained token's forward and backward (:func:`train_flops_per_token`).
+        peak_flops: The probe's measured peak FLOP/s of the training precision on one process (None: not measured).
     """
 
     model: torch.nn.Module
@@ -106,6 +115,9 @@ class Policy:
     bf16: bool
     sharded: bool = False
     reshard_after_forward: bool = True
+    precision: PrecisionChoice | None = None
+    train_flops_per_token: float = 0.0
+    peak_flops: float | None = None
 
     def base(self) -> torch.nn.Module:
         """The plain causal LM (the base model under LoRA)."""
@@ -167,15 +179,64 @@ def load_policy(
         model = model.to(processes.device)  # sharded: each layer moves to the device as it is sharded
     model.train()
     device = processes.device if sharded else next(model.parameters()).device
-    bf16 = config.bf16 if config.bf16 is not None else bf16_is_fast(device)
+    bf16, precision = choose_precision(config, processes, device)
     if sharded:
         check_shardable(model)
-    if processes.is_main:
+    if processes.is_main and config.log_level != "warning":
         print(memory_estimate(model, config, processes.world_size, bf16).summary(), flush=True)
+        print(precision_line(config, bf16, precision), flush=True)
+    flops = train_flops_per_token(model, peft_config is not None)
+    peak = precision.peak_gflops("bfloat16" if bf16 else "float32")
     train_model = prepare_for_processes(model, config, processes, bf16)
     return Policy(
-        model, train_model, tokenizer, model_path, peft_config is not None, device, bf16, sharded, config.fsdp_reshard_after_forward
-    )
+        model, train_model, tokenizer, model_path, peft_config is not None, device, bf16, sharded, config.fsdp_reshard_after_forward,
+        precision, flops, peak * 1e9 if peak else None,
+    )  # fmt: skip
+
+
+def choose_precision(config: TrainConfig, processes: Processes, device: torch.device) -> tuple[bool, PrecisionChoice]:
+    """``(bf16, the machine's choice)``: ``config.bf16`` where it is set, else what
+    :func:`rlvr.precision.machine_precision` chose. Process 0 measures (or reads its cache) and
+    every process takes its answer, so they all train in the same precision."""
+    choice = machine_precision(device) if processes.is_main else None
+    choice = processes.broadcast(choice)
+    return (config.bf16 if config.bf16 is not None else choice.train_bf16), choice
+
+
+def precision_record(policy: Policy) -> dict[str, Any]:
+    """What ``config.json`` keeps under ``resolved`` about the precision: the machine's choice, where
+    it came from, the probe's numbers (``precision``), and the training FLOPs ``mfu`` counts."""
+    if policy.precision is None:
+        return {}
+    return {"precision": policy.precision.record(), "train_flops_per_token": policy.train_flops_per_token}
+
+
+def precision_line(config: TrainConfig, bf16: bool, choice: PrecisionChoice) -> str:
+    """One line for the terminal: the trainer's precision, the engine's (for a config that has one),
+    and where they came from."""
+    source = {"probe": f"measured now in {choice.probe_s:.1f} s", "cache": "measured before"}.get(choice.source, choice.source)
+    if config.bf16 is not None:
+        source = f"trainer set by the config's bf16, the machine's choice {source}"
+    engine = getattr(config, "vllm_dtype", None)
+    engine = f", engine {choice.engine_dtype if engine == 'auto' else engine}" if engine else ""
+    return f"precision: trainer {'bf16 autocast' if bf16 else 'fp32'}{engine} ({source}; python -m rlvr doctor says why)"
+
+
+def train_flops_per_token(model: torch.nn.Module, lora: bool) -> float:
+    """Model FLOPs of one token's training forward and backward: ``2 N`` forward, where ``N``
+    counts every weight a token goes through (all parameters but the input embeddings, the
+    output projection counted even when it is tied to them), and ``4 N`` backward (gradients of
+    the activations and of the weights), ``2 N`` under LoRA (the frozen weights get no gradient).
+    Attention's own ``4 L d T`` (a few percent at these lengths) and recomputation under gradient
+    checkpointing are not counted, as usual for MFU."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embed = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    skip = {id(p) for p in embed.parameters()} if embed is not None else set()
+    n = sum(p.numel() for p in base.parameters() if id(p) not in skip)
+    if head is not None and embed is not None and head.weight is embed.weight:
+        n += head.weight.numel()  # tied: the output projection still runs
+    return float((2 + (2 if lora else 4)) * n)
 
 
 # =======================================================================================

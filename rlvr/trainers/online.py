@@ -503,6 +503,7 @@ def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
         "trainer_precision": "bf16 autocast" if policy.bf16 else "fp32",
         "generator": generator.name,
         "engine_dtype": getattr(generator, "dtype", "the trainer's model"),
+        **modeling.precision_record(policy),
     }
     if getattr(generator, "transport", None):  # a generation server
         settings["weight_transport"] = generator.transport

@@ -262,6 +262,7 @@ class RewardTrainer:
             "train_pairs": self.num_train_pairs,
             "train_pairs_too_long": self.dropped,
             "eval_pairs": len(self.eval_pairs),
+            **modeling.precision_record(self.policy),
         }
         return run.run_training(self, resolved, has_eval=bool(self.eval_pairs))
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "Rollout",
     "batch_tensors",
     "build_generator",
+    "engine_log_file",
     "generate_and_score",
     "new_timing",
     "pack_rollouts",
@@ -145,7 +147,8 @@ def build_generator(config: Any, policy: Policy, world_size: int, run: str = "")
         else:
             policy.base().save_pretrained(path, state_dict=policy_state_dict(policy), safe_serialization=True)
             policy.tokenizer.save_pretrained(path)
-    dtype = engine_dtype(config.vllm_dtype, policy.device)  # auto: bf16 only where bf16 matmuls are fast
+    # auto: the dtype the machine's measurement chose (process 0's, like the trainer's precision)
+    dtype = policy.precision.engine_dtype if config.vllm_dtype == "auto" and policy.precision else engine_dtype(config.vllm_dtype, policy.device)
     gen = VLLMGenerator(
         path,
         policy.tokenizer,
@@ -157,10 +160,20 @@ def build_generator(config: Any, policy: Policy, world_size: int, run: str = "")
         kv_cache_gib=config.vllm_kv_cache_gib,
         sleep_level=config.vllm_sleep_level,
         world_size=world_size,
+        log_file=engine_log_file(run, config) if run else None,
     )
     if policy.is_peft or policy.model_path is None:
         gen.load_weights(policy_state_dict(policy))
     return gen
+
+
+def engine_log_file(run: str, config: Any) -> Path | None:
+    """Where a colocated engine's messages go: ``engine.log`` in the run directory (``engine-R.log``
+    for process R), or None with ``log_level: debug`` (the engine prints as vLLM does)."""
+    if getattr(config, "log_level", "info") == "debug":
+        return None
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return Path(run) / ("engine.log" if rank == 0 else f"engine-{rank}.log")
 
 
 def sync_generator(generator: Generator, policy: Policy, version: int | None = None) -> float:

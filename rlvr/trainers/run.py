@@ -52,6 +52,7 @@ __all__ = [
     "find_checkpoint",
     "is_sharded",
     "log_step",
+    "model_flops_utilization",
     "finish_processes",
     "load_checkpoint",
     "open_run_dir",
@@ -253,10 +254,29 @@ def run_training(trainer: Any, resolved: dict[str, Any] | None = None, has_eval:
 def log_step(trainer: Any, metrics: dict[str, Any]) -> None:
     """Write the step's metrics line, then a checkpoint when ``save_steps`` says so (every
     ``save_steps`` steps, and at ``max_steps``). ``trainer`` provides ``config``, ``step``, ``log``
-    and ``save_checkpoint()``."""
+    and ``save_checkpoint()``; with its ``policy`` and the step's ``train_tokens``, the line gets ``mfu``
+    (:func:`model_flops_utilization`)."""
+    world = getattr(getattr(trainer, "processes", None), "world_size", 1)
+    mfu = model_flops_utilization(getattr(trainer, "policy", None), metrics, world)
+    if mfu is not None:
+        metrics["mfu"] = mfu
     trainer.log.log(metrics, trainer.step)
     if checkpoint_due(trainer.config, trainer.step):
         trainer.save_checkpoint()
+
+
+def model_flops_utilization(policy: Any, metrics: dict[str, Any], world_size: int) -> float | None:
+    """The share of the machine's measured peak the step's training used: ``train_tokens`` x the
+    policy's ``train_flops_per_token``, over the seconds of its forward and backward passes
+    (``train_time_s``, else the whole ``step_time_s``) x ``world_size`` x the peak FLOP/s that
+    :mod:`rlvr.precision`'s probe measured for the training precision. None where any is missing."""
+    seconds = metrics.get("train_time_s") or metrics.get("step_time_s")
+    peak = getattr(policy, "peak_flops", None)
+    per_token = getattr(policy, "train_flops_per_token", 0.0)
+    tokens = metrics.get("train_tokens")
+    if not (seconds and peak and per_token) or tokens is None:
+        return None
+    return float(tokens) * per_token / (float(seconds) * world_size * peak)
 
 
 def checkpoint_due(config: Any, step: int) -> bool:
@@ -327,7 +347,7 @@ class RunLog:
         if not self.processes.is_main:
             return
         self._loggers = [make_logger(name, self.output_dir, self.config.to_dict()) for name in self.config.report_to]
-        if self.config.progress_bar:
+        if self.config.progress_bar and getattr(self.config, "log_level", "info") != "warning":
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.config.max_steps, initial=initial_step, desc=self.desc, unit="step", dynamic_ncols=True)
