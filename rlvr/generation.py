@@ -523,7 +523,10 @@ class VLLMGenerator(Generator):
                 **extra,
             )
         if self.log is not None:
-            self.log.route()  # again: building the engine configures vLLM's logging anew
+            # again: building the engine applies vLLM's logging config anew. (VLLM_CONFIGURE_LOGGING=0
+            # would stop that, but vLLM hashes its environment into the compile cache's key: the
+            # engine would compile again, and a debug run would not share the graph of an info run.)
+            self.log.route()
         self.stop_ids = _stop_ids(tokenizer)
 
     @property

@@ -103,7 +103,6 @@ class Policy:
         reshard_after_forward: Sharded: whether a decoder layer frees its gathered parameters after its forward.
         precision: What the machine's measurement chose (:func:`choose_precision`), the engine's dtype included.
         train_flops_per_token: Model FLOPs of one trained token's forward and backward (:func:`train_flops_per_token`).
-        peak_flops: The probe's measured peak FLOP/s of the training precision on one process (None: not measured).
     """
 
     model: torch.nn.Module
@@ -117,7 +116,12 @@ class Policy:
     reshard_after_forward: bool = True
     precision: PrecisionChoice | None = None
     train_flops_per_token: float = 0.0
-    peak_flops: float | None = None
+
+    @property
+    def peak_flops(self) -> float | None:
+        """The probe's measured peak FLOP/s of the training precision on one process (None: not measured)."""
+        peak = self.precision.peak_gflops("bfloat16" if self.bf16 else "float32") if self.precision else None
+        return peak * 1e9 if peak else None
 
     def base(self) -> torch.nn.Module:
         """The plain causal LM (the base model under LoRA)."""
@@ -185,12 +189,11 @@ def load_policy(
     if processes.is_main and config.log_level != "warning":
         print(memory_estimate(model, config, processes.world_size, bf16).summary(), flush=True)
         print(precision_line(config, bf16, precision), flush=True)
-    flops = train_flops_per_token(model, peft_config is not None)
-    peak = precision.peak_gflops("bfloat16" if bf16 else "float32")
+    flops = train_flops_per_token(model, peft_config is not None)  # before sharding: the whole model's parameters
     train_model = prepare_for_processes(model, config, processes, bf16)
     return Policy(
         model, train_model, tokenizer, model_path, peft_config is not None, device, bf16, sharded, config.fsdp_reshard_after_forward,
-        precision, flops, peak * 1e9 if peak else None,
+        precision, flops,
     )  # fmt: skip
 
 
@@ -204,11 +207,13 @@ def choose_precision(config: TrainConfig, processes: Processes, device: torch.de
 
 
 def precision_record(policy: Policy) -> dict[str, Any]:
-    """What ``config.json`` keeps under ``resolved`` about the precision: the machine's choice, where
-    it came from, the probe's numbers (``precision``), and the training FLOPs ``mfu`` counts."""
-    if policy.precision is None:
-        return {}
-    return {"precision": policy.precision.record(), "train_flops_per_token": policy.train_flops_per_token}
+    """What ``config.json`` keeps under ``resolved`` about the precision, for every trainer: the
+    trainer's (``trainer_precision``), the machine's choice with where it came from and the probe's
+    numbers (``precision``), and the training FLOPs ``mfu`` counts."""
+    record: dict[str, Any] = {"trainer_precision": "bf16 autocast" if policy.bf16 else "fp32"}
+    if policy.precision is not None:
+        record.update(precision=policy.precision.record(), train_flops_per_token=policy.train_flops_per_token)
+    return record
 
 
 def precision_line(config: TrainConfig, bf16: bool, choice: PrecisionChoice) -> str:

@@ -422,11 +422,7 @@ def evaluate_policy(
 def train(trainer: Any) -> dict[str, Any]:
     """An offline trainer's ``train``: :func:`rlvr.trainers.run.run_training` to ``max_steps``,
     evaluating before and after when there are held-out tasks; returns the eval summary."""
-    resolved = {
-        "trainer_precision": "bf16 autocast" if trainer.policy.bf16 else "fp32",
-        "max_steps": trainer.config.max_steps,
-        **modeling.precision_record(trainer.policy),
-    }
+    resolved = {**modeling.precision_record(trainer.policy), "max_steps": trainer.config.max_steps}
     return run.run_training(trainer, resolved, has_eval=bool(trainer.eval_tasks))
 
 

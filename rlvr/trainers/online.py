@@ -500,10 +500,9 @@ def resume_run(trainer: Any, path: str | os.PathLike, model: torch.nn.Module | N
 def resolved_settings(policy: Policy, generator: Generator) -> dict[str, Any]:
     """The precision and engine actually chosen (``auto`` resolved), for ``config.json``."""
     settings = {
-        "trainer_precision": "bf16 autocast" if policy.bf16 else "fp32",
+        **modeling.precision_record(policy),
         "generator": generator.name,
         "engine_dtype": getattr(generator, "dtype", "the trainer's model"),
-        **modeling.precision_record(policy),
     }
     if getattr(generator, "transport", None):  # a generation server
         settings["weight_transport"] = generator.transport

@@ -257,12 +257,11 @@ class RewardTrainer:
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (held-out accuracy before and after when there are held-out pairs); returns the eval summary."""
         resolved = {
-            "trainer_precision": "bf16 autocast" if self.policy.bf16 else "fp32",
+            **modeling.precision_record(self.policy),
             "max_steps": self.config.max_steps,
             "train_pairs": self.num_train_pairs,
             "train_pairs_too_long": self.dropped,
             "eval_pairs": len(self.eval_pairs),
-            **modeling.precision_record(self.policy),
         }
         return run.run_training(self, resolved, has_eval=bool(self.eval_pairs))
 
