@@ -14,6 +14,10 @@ are scored in batches of ``--batch``:
 Both get one full warm-up pass outside the clock; each is timed ``--repeat`` times
 (``--passes`` passes over the pairs per run), alternating, and the median pairs/s is reported with the ratio remote / in-process. The
 verdicts must agree row for row (the script exits non-zero if not).
+
+``--clients N`` sends the remote passes from N threads at once (each its own connection,
+each scoring every pair), the load of N trainer processes sharing one server: with the
+server's ``--concurrency`` at N or more, their batches are scored side by side.
 """
 
 from __future__ import annotations
@@ -63,6 +67,18 @@ def run_batches(reward, samples: list[Sample], batch: int, passes: int = 1) -> t
     return time.perf_counter() - start, outcomes
 
 
+def run_clients(reward, samples: list[Sample], batch: int, passes: int, clients: int) -> tuple[float, list]:
+    """``run_batches`` from ``clients`` threads at once: the wall time, and one thread's outcomes."""
+    if clients == 1:
+        return run_batches(reward, samples, batch, passes)
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: run_batches(reward, samples, batch, passes), range(clients)))
+    return time.perf_counter() - start, results[0][1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
@@ -70,6 +86,7 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=4, help="passes over the pairs in one timed run")
     parser.add_argument("--workers", type=int, default=2, help="the server's --workers")
     parser.add_argument("--server-args", default="", help="more `python -m rlvr serve` arguments")
+    parser.add_argument("--clients", type=int, default=1, help="threads sending the remote passes at once")
     args = parser.parse_args()
 
     samples = load_samples()
@@ -98,13 +115,16 @@ def main() -> int:
         for _ in range(args.repeat):
             t, outs_local = run_batches(local, samples, args.batch, args.passes)
             times["in-process"].append(t)
-            t, outs_remote = run_batches(remote, samples, args.batch, args.passes)
-            times["remote"].append(t)
+            t, outs_remote = run_clients(remote, samples, args.batch, args.passes, args.clients)
+            times["remote"].append(t / args.clients)  # seconds per client's worth of pairs
         mismatch = [
             i for i, (a, b) in enumerate(zip(outs_local, outs_remote)) if (a.status, a.score) != (b.status, b.score)
         ]
         rates = {k: args.passes * len(samples) / statistics.median(v) for k, v in times.items()}
-        print(f"pairs: {len(samples)} x {args.passes} passes per run, batch {args.batch}, {args.repeat} timed runs each (median), server: {' '.join(cmd[2:])}")
+        print(
+            f"pairs: {len(samples)} x {args.passes} passes per run, batch {args.batch}, {args.repeat} timed runs each (median), "
+            f"remote clients at once: {args.clients}, server: {' '.join(cmd[2:])}"
+        )
         print("| scorer | median s per run | pairs/s | min s | max s |")
         print("|---|---|---|---|---|")
         for k, v in times.items():

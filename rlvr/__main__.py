@@ -93,6 +93,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         failure_score=args.failure_score,
         isolate=args.isolate,
+        metric_keys=args.metric_key,
     )
 
 
@@ -180,12 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=int, default=2, help="worker processes per concurrent batch, when the server isolates the reward (math/code: --option max_workers=N)")
-    p.add_argument("--concurrency", type=int, default=2, help="batches scored at the same time, each on its own workers")
-    p.add_argument("--timeout", type=float, default=10.0, help="per-sample deadline in seconds; past it the sample is TIMEOUT")
+    p.add_argument("--concurrency", type=int, default=2, help="batches scored at the same time, each on its own lane (workers or a copy of the reward)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="per-sample deadline in seconds of the server's workers (default 10); past it the sample is TIMEOUT. "
+        "Math and code keep their own deadline: set it with --option timeout_s=N / test_timeout_s=N",
+    )
     p.add_argument("--memory-mb", type=int, default=None, help="address-space headroom per worker process")
     p.add_argument("--max-batch", type=int, default=1024, help="most samples per request (more: 413)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (larger: 413)")
     p.add_argument("--failure-score", type=float, default=0.0, help="the reward OpenRLHF's /get_reward gives a failed check (flagged in extra_logs)")
+    p.add_argument("--metric-key", action="append", default=[], metavar="KEY", help="an outcome metric /get_reward logs in extra_logs as rlvr/metric/KEY (repeatable)")
     p.add_argument(
         "--isolate",
         choices=("auto", "always", "never"),

@@ -396,6 +396,7 @@ class IsolatedReward:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
     def _spawn(self) -> _Worker:
         return _Worker(self._payload, self.memory_mb, self.env)
@@ -407,6 +408,10 @@ class IsolatedReward:
         samples = list(samples)
         if not samples:
             return []
+        if self._pid != os.getpid():
+            # a forked copy (a process pool of the host framework): the workers and the lock
+            # it inherited are the parent's; it starts its own
+            self._workers, self._lock, self._pid = [], threading.Lock(), os.getpid()
         with self._lock:
             return self._score_locked(samples)
 
@@ -512,6 +517,19 @@ class IsolatedReward:
             w.kill()
         self._workers = []
 
+    # -- pickling: the workers and the lock stay behind; a copy starts its own on first use
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_workers"] = []
+        state["_lock"] = None
+        state["_closed"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
     def __enter__(self) -> IsolatedReward:
         return self
 
@@ -520,8 +538,9 @@ class IsolatedReward:
 
     def __del__(self) -> None:
         try:
-            for w in self._workers:
-                w.kill()
+            if self._pid == os.getpid():  # a forked copy's workers are its parent's
+                for w in self._workers:
+                    w.kill()
         except Exception:
             pass
 

@@ -18,12 +18,14 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from rlvr.integrations.remote import RemoteReward
-from rlvr.rewards import Outcome, Sample, Status
+from rlvr.rewards import Outcome, Sample, Status, isolated
 
 TESTS = Path(__file__).resolve().parent
 
@@ -49,6 +51,20 @@ class Echo:
         return out
 
 
+class Len3:
+    """1.0 for a completion whose length is a multiple of 3: a signal a tiny random model gets."""
+
+    name = "len3"
+
+    def score(self, samples):
+        return [Outcome.ok(float(len(s.completion) % 3 == 0)) for s in samples]
+
+
+# A reward that keeps its own deadline (an isolated one): the server scores it without a
+# second layer of workers, on --concurrency copies of it.
+ISOLATED_ECHO = isolated(Echo(), timeout_s=5, max_workers=1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,8 +74,8 @@ def free_port() -> int:
 class Server:
     """A ``python -m rlvr serve`` process on 127.0.0.1; ``stop()`` always ends it."""
 
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -238,3 +254,144 @@ def test_remote_reward_against_no_server_is_an_error_outcome():
     assert out.status is Status.ERROR and "unreachable" in out.reason
     with pytest.raises(ConnectionError, match="python -m rlvr serve"):
         remote.health()
+
+
+# -- the wire keeps what a sample is; bad input is a 4xx; /health tells what is in force --------
+
+
+def test_json_nested_past_any_limit_is_a_400_and_the_server_keeps_serving(echo_server):
+    for depth in (100_000, 100):
+        status, data = echo_server.post("/v1/score", b'{"samples": ' + b"[" * depth + b"]" * depth + b"}")
+        assert status == 400 and "nests deeper" in data["detail"], depth
+    status, data = echo_server.post("/get_reward", json.dumps({"query": ["a"], "labels": [[[[["a"]]]] * 1]}).encode())
+    assert status == 200  # a few levels are fine
+    [out] = RemoteReward(echo_server.url).score([Sample("", "a", "a")])
+    assert out.status is Status.OK and out.score == 1.0
+
+
+def test_a_sample_scores_the_same_either_side_of_the_wire(math_server):
+    """Fractions, Decimals, NaN, lists, tuples and numpy values as references: the server
+    gets the value itself, not its repr."""
+    import numpy as np
+
+    from rlvr.registry import load_verifier
+
+    samples = [
+        Sample("", "\\boxed{0.5}", Fraction(1, 2)),
+        Sample("", "\\boxed{1/4}", Decimal("0.25")),
+        Sample("", "\\boxed{3}", float("nan")),
+        Sample("", "\\boxed{3}", ["2", "3"]),
+        Sample("", "\\boxed{3}", ("2", "4")),
+        Sample("", "\\boxed{7}", np.array([6, 7])),
+        Sample("", "\\boxed{7}", np.int64(7)),
+        Sample("", "\\boxed{2}", Fraction(4, 2)),
+        Sample("", "\\boxed{oo}", float("inf")),
+    ]
+    local = load_verifier("math").score(samples)
+    remote = RemoteReward(math_server.url, reward="math").score(samples)
+    assert [(o.status, o.score) for o in remote] == [(o.status, o.score) for o in local]
+    assert [o.score for o in local[:2]] == [1.0, 1.0] and local[2].status is Status.ERROR
+    [unsendable] = RemoteReward(math_server.url).score([Sample("", "\\boxed{1}", object())])
+    assert unsendable.status is Status.ERROR and "cannot be sent" in unsendable.reason
+
+
+def test_health_reports_the_deadline_and_concurrency_in_force(math_server, echo_server):
+    assert math_server.health["timeout_s"] == 2.0  # the math verifier's own deadline, not a server default
+    assert math_server.health["deadline"] == "the reward's own" and math_server.health["concurrency"] == 2
+    assert echo_server.health["timeout_s"] == 2.0 and echo_server.health["deadline"] == "server workers"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlvr", "serve", "--reward", "math", "--timeout", "5", "--port", str(free_port())], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "--option timeout_s=" in proc.stderr
+
+
+def test_concurrency_is_honoured_for_a_reward_with_its_own_deadline():
+    """Two batches that each take 1.5 s are scored at the same time on two copies of the reward."""
+    server = Server("--reward", "test_integrations_server:ISOLATED_ECHO", "--concurrency", "2")
+    try:
+        assert server.health["concurrency"] == 2 and server.health["timeout_s"] == 5.0
+        remote = RemoteReward(server.url)
+        start = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda _: remote.score([Sample("", "sleep:1.5", "x")]), range(2)))
+        elapsed = time.monotonic() - start
+    finally:
+        server.stop()
+    assert all(o.status is Status.OK for [o] in outs)
+    assert elapsed < 2.8, f"{elapsed:.2f} s: the two batches ran one after the other"
+
+
+def test_openrlhf_0_8_http_without_extra_logs(math_server):
+    """OpenRLHF 0.8.x (openrlhf/utils/remote_rm_utils.py, ``request_api_wrapper``) posts the
+    whole batch and ``torch.cat`` s ``extra_logs`` values, which JSON lists cannot be:
+    ``/get_reward?extra_logs=0`` leaves them out."""
+    import torch
+
+    body = {"query": ["<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n\\boxed{4}<|im_end|>"], "prompts": ["<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"], "labels": ["4"]}
+    status, data = math_server.post("/get_reward?extra_logs=0", json.dumps(body).encode())
+    assert status == 200 and "extra_logs" not in data
+    rewards_info = [data]
+    rewards = torch.cat([torch.as_tensor(info["rewards"]) for info in rewards_info], dim=0)  # 0.8.11 experience_maker.py
+    assert rewards.tolist() == [1.0]
+
+
+def test_remote_is_a_registered_verifier_for_rlvr_trainers():
+    from rlvr.registry import load_verifier
+    from rlvr.trainers import online
+    from rlvr.trainers.grpo_config import GRPOConfig
+
+    reward = load_verifier("remote", url="http://127.0.0.1:9", reward="math")
+    assert isinstance(reward, RemoteReward) and reward.name == "math"
+    _, reward = online.environment_and_reward(GRPOConfig(env="gsm8k", verifier="remote", verifier_kwargs={"url": "http://127.0.0.1:9"}))
+    assert isinstance(reward, RemoteReward)
+
+
+class ServerThatDies:
+    """A RemoteReward whose server is stopped before the trainer's second scoring call and
+    started again (same port) before the third."""
+
+    def __init__(self, server: Server) -> None:
+        from rlvr.registry import load_verifier
+
+        self.server = server
+        self.remote = load_verifier("remote", url=server.url)
+        self.name = self.remote.name
+        self.calls = 0
+
+    def score(self, samples):
+        self.calls += 1
+        if self.calls == 2:
+            self.server.stop()
+        elif self.calls == 3:
+            self.server = Server("--reward", "test_integrations_server:Len3", port=self.server.port)
+        return self.remote.score(samples)
+
+
+@pytest.mark.slow
+def test_a_run_scoring_through_a_server_that_dies_goes_on_and_resumes(tmp_path):
+    """rlvr's GRPOTrainer scores through ``--verifier remote``: while the server is down a
+    step's outcomes are ERROR with the reason (not zeros), and scoring resumes when it is back."""
+    from conftest import tiny_causal_lm
+    from transformers import AutoTokenizer
+
+    from rlvr.environments.base import Task
+    from rlvr.models import resolve_model
+    from rlvr.trainers.grpo_config import GRPOConfig
+    from rlvr.trainers.grpo_trainer import GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    tasks = [Task([{"role": "user", "content": f"Say something about {w}."}], w) for w in ["cats", "rain", "trees", "bread"]]
+    reward = ServerThatDies(Server("--reward", "test_integrations_server:Len3"))
+    config = GRPOConfig(
+        generator="hf", max_steps=3, num_generations=4, generation_batch_size=8, max_completion_length=8, micro_batch_size=4,
+        learning_rate=1e-2, output_dir=str(tmp_path), progress_bar=False, system_prompt=None, bf16=False,
+        eval_before=False, eval_after=False, save_final_model=False,
+    )
+    try:
+        GRPOTrainer(config, model=tiny_causal_lm(tokenizer), reward=reward, train_tasks=tasks, tokenizer=tokenizer).train()
+    finally:
+        reward.server.stop()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["n_error"] for r in rows] == [0, 8, 0]
+    assert rows[0]["n_ok"] == rows[2]["n_ok"] == 8

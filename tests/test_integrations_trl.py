@@ -12,14 +12,17 @@ the adapter with exactly that shape; the slow test runs the real ``GRPOTrainer``
 
 from __future__ import annotations
 
+import asyncio
 import math
+import pickle
 import time
 from collections import defaultdict
 
 import pytest
 
 from rlvr.integrations.trl import from_reward_func, reward_func
-from rlvr.rewards import FunctionReward, Sample, Status, isolated
+from rlvr.registry import load_verifier
+from rlvr.rewards import FunctionReward, Sample, Status, WeightedSum, isolated
 
 
 def _hang_when_marked(sample: Sample) -> float:
@@ -188,6 +191,147 @@ def test_from_reward_func_bad_values_are_errors():
     with_wrong_length = from_reward_func(lambda prompts, completions, **kw: [1.0], name="short")
     outs = with_wrong_length.score([Sample("", "a"), Sample("", "b")])
     assert [o.status for o in outs] == [Status.OK, Status.OK]  # retried row by row: one value each
+
+
+def test_from_reward_func_gets_what_trl_always_passes():
+    """TRL 1.16 ``_calculate_rewards`` always passes ``trainer_state``, ``log_extra`` and
+    ``log_metric``, and awaits an async reward function; a function that needs them works
+    as an rlvr Reward, and what it logs lands in each outcome's metrics."""
+
+    def needs_trl_kwargs(prompts, completions, trainer_state, log_extra, log_metric, **kwargs):
+        log_metric("progress", trainer_state.global_step / max(trainer_state.max_steps, 1))
+        log_extra("length", [len(c) for c in completions])
+        return [1.0 for _ in completions]
+
+    async def judge(prompts, completions, **kwargs):
+        await asyncio.sleep(0)
+        return [float("yes" in c) for c in completions]
+
+    reward = from_reward_func(needs_trl_kwargs, reference_column=None)
+    reward.trainer_state.global_step, reward.trainer_state.max_steps = 5, 10
+    outs = reward.score([Sample("", "ab"), Sample("", "abcd")])
+    assert [o.status for o in outs] == [Status.OK, Status.OK]
+    assert [o.metrics for o in outs] == [{"progress": 0.5, "length": 2}, {"progress": 0.5, "length": 4}]
+    outs = from_reward_func(judge).score([Sample("", "yes"), Sample("", "no")])
+    assert [(o.status, o.score) for o in outs] == [(Status.OK, 1.0), (Status.OK, 0.0)]
+
+    async def inside_a_running_loop():  # an async host (TRL's daemon loop) scoring through it
+        return from_reward_func(judge).score([Sample("", "yes")])
+
+    [inside] = asyncio.run(inside_a_running_loop())
+    assert (inside.status, inside.score) == (Status.OK, 1.0)
+
+
+def test_from_reward_func_wrong_length_on_one_row_is_an_error_outcome():
+    two = from_reward_func(lambda prompts, completions, **kw: [1.0, 1.0], name="two")
+    [out] = two.score([Sample("", "a")])
+    assert out.status is Status.ERROR and "for 1 completions" in out.reason
+
+
+class _Child:
+    """What TRL's async GRPO does in its spawned rollout worker
+    (trl/experimental/async_grpo/async_rollout_worker.py, ``_score_group``): every reward
+    function, unpickled, called as ``asyncio.to_thread(reward_func, **kwargs)``."""
+
+    @staticmethod
+    def main(payload: bytes, queue) -> None:
+        reward_funcs = pickle.loads(payload)
+        kwargs = {"completions": ["\\boxed{7}", "\\boxed{8}"], "prompts": ["q", "q"], "completion_ids": None, "answer": ["7", "7"]}
+
+        async def score():
+            return await asyncio.gather(*[asyncio.to_thread(f, **kwargs) for f in reward_funcs])
+
+        queue.put(asyncio.run(score()))
+
+
+def test_every_adapter_object_pickles_and_scores_in_a_spawned_process():
+    """TRL's ``AsyncRolloutWorker.start`` checks ``pickle.dumps(loop_kwargs)`` and spawns a
+    child that unpickles ``reward_funcs``; Ray and veRL use cloudpickle. Each adapter object
+    pickles both ways -- after it has started worker processes too -- and starts its own
+    workers on the other side."""
+    import multiprocessing as mp
+
+    import cloudpickle
+
+    from rlvr.integrations.remote import RemoteReward
+
+    timed = reward_func("math", timeout_s=2)
+    funcs = [
+        timed,
+        reward_func(WeightedSum([(load_verifier("math"), 1.0), (load_verifier("boxed_format"), 0.5)])),
+        reward_func(from_reward_func(length_trl_reward)),
+    ]
+    assert timed(prompts=["q"], completions=["\\boxed{7}"], answer=["7"]) == [1.0]  # its workers are running now
+    for obj in [*funcs, from_reward_func(length_trl_reward), RemoteReward("http://127.0.0.1:9"), isolated(FunctionReward(_hang_when_marked), timeout_s=1)]:
+        for module in (pickle, cloudpickle):
+            module.loads(module.dumps(obj))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_Child.main, args=(pickle.dumps(funcs), queue))
+    child.start()
+    try:
+        results = queue.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+        timed.close()
+    assert results == [[1.0, 0.0], [1.5, 0.5], [1.0, 0.0]]
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(tmp_path_factory):
+    """A real TRL ``GRPOTrainer`` (not trained): its ``_calculate_rewards`` is called below."""
+    from conftest import tiny_causal_lm
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr.models import resolve_model
+
+    def build(reward_funcs, weights=None):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+        args = GRPOConfig(
+            output_dir=str(tmp_path_factory.mktemp("trl")), use_cpu=True, report_to=[], per_device_train_batch_size=4,
+            num_generations=4, max_completion_length=8, save_strategy="no", bf16=False, disable_tqdm=True, reward_weights=weights,
+        )
+        data = Dataset.from_list([{"prompt": "What is 3 + 4?", "answer": "7", "hang": False}] * 4)
+        return GRPOTrainer(model=tiny_causal_lm(tokenizer), reward_funcs=reward_funcs, args=args, train_dataset=data, processing_class=tokenizer)
+
+    return build
+
+
+def test_one_reward_func_over_a_weighted_sum_keeps_a_failed_check_out_of_trl(trl_trainer):
+    """TRL 1.16 sums its reward functions with ``nansum`` (grpo_trainer.py,
+    ``_generate_and_score_completions``)::
+
+        rewards = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable_mask] = torch.nan        # unscorable: every function returned None
+
+    so with two functions, a math check that timed out (None) still gets the format bonus and
+    an advantage. One ``reward_func`` over a ``WeightedSum`` makes the whole row None."""
+    import torch
+
+    hangs = isolated(FunctionReward(_hang_when_marked, name="hangs"), timeout_s=0.5, max_workers=2)
+    fmt = load_verifier("boxed_format")
+    inputs = [{"prompt": "What is 3 + 4?", "answer": "7", "hang": h} for h in (False, True, False, False)]
+    prompts = [x["prompt"] for x in inputs]
+    completions = ["\\boxed{7}", "\\boxed{7}", "7", "\\boxed{5}"]
+    ids = [[1]] * 4
+
+    def summed(trainer):
+        rewards_per_func = trainer._calculate_rewards(inputs, prompts, completions, ids)
+        unscorable_mask = torch.isnan(rewards_per_func).all(dim=1)
+        rewards = (rewards_per_func * trainer.reward_weights.unsqueeze(0)).nansum(dim=1)
+        rewards[unscorable_mask] = torch.nan
+        return rewards.tolist()
+
+    try:
+        separate = summed(trl_trainer([reward_func(hangs, reference_column=None), reward_func(fmt, reference_column=None)], [1.0, 0.1]))
+        combined = summed(trl_trainer([reward_func(WeightedSum([(hangs, 1.0), (fmt, 0.1)]), reference_column=None)]))
+    finally:
+        hangs.close()
+    assert separate[1] == pytest.approx(0.1)  # the hazard: a failed check scored as a wrong-but-boxed answer
+    assert math.isnan(combined[1])  # the promise: a failed check is left out
+    assert combined[0] == pytest.approx(1.1) and combined[2] == pytest.approx(1.0) and combined[3] == pytest.approx(1.1)
 
 
 # -- the real TRL GRPOTrainer --------------------------------------------------------------

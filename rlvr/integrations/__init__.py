@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from rlvr.rewards import Outcome, Reward, Sample, Status, check_outcomes
@@ -38,6 +40,9 @@ __all__ = [
     "outcome_from_json",
     "sample_to_json",
     "sample_from_json",
+    "reference_to_json",
+    "reference_from_json",
+    "json_depth_over",
 ]
 
 
@@ -183,6 +188,84 @@ def _json_value(value: Any) -> Any:
     return repr(value)
 
 
+# A reference must reach the server as the value it is, so that a sample scores the same
+# on either side of the wire. Values JSON has no form for travel as a tagged object.
+WIRE_TAG = "$rlvr"
+MAX_JSON_DEPTH = 64
+
+
+def reference_to_json(value: Any, _depth: int = 0) -> Any:
+    """``value`` in a JSON form that :func:`reference_from_json` turns back into an equal value.
+
+    JSON values go as they are; a tuple, set or array as a list; a ``Fraction``,
+    ``Decimal``, non-finite float or ``complex`` as ``{"$rlvr": kind, "value": text}``; a
+    dict holding the key ``"$rlvr"`` is wrapped so it is never read as a tag. Raises
+    ``TypeError`` for anything else (and past :data:`MAX_JSON_DEPTH` levels): it could not
+    be scored the same way remotely, so it is not sent.
+    """
+    if _depth > MAX_JSON_DEPTH:
+        raise TypeError(f"reference nests deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {WIRE_TAG: "float", "value": repr(value)}
+    if isinstance(value, Fraction):
+        return {WIRE_TAG: "fraction", "value": str(value)}
+    if isinstance(value, Decimal):
+        return {WIRE_TAG: "decimal", "value": str(value)}
+    if isinstance(value, complex):
+        return {WIRE_TAG: "complex", "value": repr(value)}
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("a reference dict needs string keys to be sent as JSON")
+        body = {k: reference_to_json(v, _depth + 1) for k, v in value.items()}
+        return {WIRE_TAG: "dict", "value": body} if WIRE_TAG in body else body
+    if isinstance(value, (list, tuple)):
+        return [reference_to_json(v, _depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [reference_to_json(v, _depth + 1) for v in sorted(value, key=repr)]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars, tensors
+        return reference_to_json(value.tolist(), _depth + 1)
+    raise TypeError(
+        f"a reference of type {type(value).__name__} cannot be sent to a reward server as itself; "
+        "give it as a str, number, Fraction, Decimal, or a list of those"
+    )
+
+
+_FROM_TAG: dict[str, Any] = {"fraction": Fraction, "decimal": Decimal, "float": float, "complex": complex}
+
+
+def reference_from_json(data: Any) -> Any:
+    """The value :func:`reference_to_json` sent; raises ``ValueError`` on a malformed tag."""
+    if isinstance(data, list):
+        return [reference_from_json(v) for v in data]
+    if isinstance(data, Mapping):
+        if WIRE_TAG not in data:
+            return {k: reference_from_json(v) for k, v in data.items()}
+        kind, text = data.get(WIRE_TAG), data.get("value")
+        if kind == "dict" and isinstance(text, Mapping):
+            return {k: reference_from_json(v) for k, v in text.items()}
+        if kind in _FROM_TAG and isinstance(text, str):
+            try:
+                return _FROM_TAG[kind](text)
+            except (ValueError, ArithmeticError):
+                pass
+        raise ValueError(f"malformed {WIRE_TAG!r} value {dict(data)!r:.80}")
+    return data
+
+
+def json_depth_over(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``data`` (parsed JSON) nests deeper than ``limit`` (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
     """An Outcome as a JSON object: ``score``, ``status``, ``reason``, ``metrics``, ``elapsed_s``."""
     return {
@@ -211,11 +294,12 @@ def outcome_from_json(data: Any) -> Outcome:
 
 
 def sample_to_json(sample: Sample) -> dict[str, Any]:
-    """A Sample as a JSON object (``info`` values JSON cannot carry become their ``repr``)."""
+    """A Sample as a JSON object: the reference exactly (:func:`reference_to_json`; raises
+    ``TypeError`` for one that cannot be), ``info`` values JSON cannot carry as their ``repr``."""
     return {
         "prompt": sample.prompt,
         "completion": sample.completion,
-        "reference": _json_value(sample.reference),
+        "reference": reference_to_json(sample.reference),
         "info": _json_value(dict(sample.info)),
     }
 
@@ -235,4 +319,4 @@ def sample_from_json(data: Any, index: int = 0) -> Sample:
     info = data.get("info") or {}
     if not isinstance(info, Mapping):
         raise ValueError(f"samples[{index}].info must be an object")
-    return Sample(prompt, completion, data.get("reference"), dict(info))
+    return Sample(prompt, completion, reference_from_json(data.get("reference")), dict(info))

@@ -6,7 +6,13 @@
     reward = RemoteReward("http://scorer:8000")               # on the training machine
     outcomes = reward.score(samples)                          # full Outcomes: status, reason, metrics
 
-It posts to the server's ``/v1/score`` in chunks of ``max_batch`` samples. A server that is
+It is registered as the verifier ``remote``, so rlvr's trainers score through a server with
+``--verifier remote --verifier_kwargs '{"url": "http://scorer:8000"}'``.
+
+It posts to the server's ``/v1/score`` in chunks of ``max_batch`` samples. A reference goes
+as the value it is (:func:`rlvr.integrations.reference_to_json`: Fractions, Decimals, NaN
+tagged), so a sample scores the same on either side; one that JSON cannot carry exactly is
+an ERROR outcome, not sent. A server that is
 down, answers late (``timeout_s``) or answers garbage gives ERROR outcomes with the reason,
 never an exception and never a 0: scoring never takes the trainer down. A 4xx answer (a
 request the server refuses) is an ERROR outcome carrying the server's reason.
@@ -90,7 +96,7 @@ class RemoteReward:
             if status != 200:
                 raise OSError(f"HTTP {status}")
             return json.loads(data)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (OSError, http.client.HTTPException, ValueError, RecursionError) as exc:
             raise ConnectionError(f"reward server at {self.url} is not answering ({exc}); start it with `python -m rlvr serve`") from exc
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
@@ -102,14 +108,30 @@ class RemoteReward:
         return out
 
     def _score_chunk(self, samples: list[Sample]) -> list[Outcome]:
-        body: dict[str, Any] = {"samples": [sample_to_json(s) for s in samples]}
+        # a sample the wire cannot carry as itself is an ERROR here; the others are sent
+        results: list[Outcome | None] = [None] * len(samples)
+        encoded: list[dict[str, Any]] = []
+        sent: list[int] = []
+        for i, sample in enumerate(samples):
+            try:
+                encoded.append(sample_to_json(sample))
+                sent.append(i)
+            except (TypeError, ValueError) as exc:
+                results[i] = Outcome.error(f"not sent to the reward server: {exc}")
+        if sent:
+            for i, outcome in zip(sent, self._post(encoded)):
+                results[i] = outcome
+        return results  # type: ignore[return-value]
+
+    def _post(self, encoded: list[dict[str, Any]]) -> list[Outcome]:
+        body: dict[str, Any] = {"samples": encoded}
         if self.reward is not None:
             body["reward"] = self.reward
-        n = len(samples)
+        n = len(encoded)
         try:
             data = json.dumps(body, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            return [Outcome.error(f"sample cannot be sent as JSON: {exc}")] * n
+        except (TypeError, ValueError, RecursionError) as exc:
+            return [Outcome.error(f"samples cannot be sent as JSON: {exc}")] * n
         try:
             status, raw = self._request("POST", "/v1/score", data)
         except TimeoutError:
@@ -118,7 +140,7 @@ class RemoteReward:
             return [Outcome.error(f"reward server at {self.url} unreachable: {type(exc).__name__}: {exc}")] * n
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if status != 200:
             detail = answer.get("detail", raw[:300]) if isinstance(answer, dict) else raw[:300].decode(errors="replace")

@@ -13,17 +13,19 @@ Endpoints:
   "labels": [...]}`` -> ``{"rewards": [...], "scores": [...], "extra_logs": {...}}``, the
   same answer as :func:`rlvr.integrations.openrlhf.reward_func`.
 
-Scoring runs in worker processes (:func:`rlvr.isolated`) under a per-sample deadline: a
-reward that hangs gives a TIMEOUT outcome (its worker is killed and replaced), a worker
-that dies gives an ERROR outcome, and the server keeps serving. The built-in math and code
-verifiers already work that way (sympy in killable workers, programs in a sandbox), so
-``--isolate auto`` (the default) serves them without a second layer of workers;
-``--isolate always`` adds it anyway. ``--concurrency`` batches
-are scored at once, each on its own set of ``--workers`` processes, so one slow batch does
-not hold up the others. A request body over ``--max-body-mb`` is refused with 413, a
-batch over ``--max-batch`` samples with 413, malformed JSON with 400, a request of the
-wrong shape with 422, a reward name the server does not serve with 404; each answer says
-why in ``detail``. The server listens on 127.0.0.1 unless ``--host`` says otherwise.
+Scoring runs in worker processes (:func:`rlvr.isolated`) under a per-sample deadline
+(``--timeout``, default 10 s): a reward that hangs gives a TIMEOUT outcome (its worker is
+killed and replaced), a worker that dies gives an ERROR outcome, and the server keeps
+serving. The built-in math and code verifiers (and any ``isolated(...)`` reward) already
+work that way, so ``--isolate auto`` (the default) serves them without a second layer of
+workers, under their own deadline (``--timeout`` is refused for them: set theirs with
+``--option``); ``--isolate always`` adds the layer anyway. ``--concurrency`` batches are
+scored at once, each on its own lane: its own ``--workers`` processes, or its own copy of a
+reward that keeps its own deadline. ``/health`` reports the deadline and concurrency in
+force. A request body over ``--max-body-mb`` is refused with 413, a batch over
+``--max-batch`` samples with 413, malformed JSON or JSON nested deeper than 64 levels with
+400, a request of the wrong shape with 422, a reward name the server does not serve with
+404; each answer says why in ``detail``. The server listens on 127.0.0.1 unless ``--host`` says otherwise.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
@@ -33,10 +35,18 @@ why in ``detail``. The server listens on 127.0.0.1 unless ``--host`` says otherw
 import json
 import queue
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlvr.integrations import outcome_to_json, resolve_reward, sample_from_json, score_rows, score_safely
+from rlvr.integrations import (
+    MAX_JSON_DEPTH,
+    json_depth_over,
+    outcome_to_json,
+    resolve_reward,
+    sample_from_json,
+    score_rows,
+    score_safely,
+)
 from rlvr.integrations.openrlhf import rewards_payload, samples_from_queries
 from rlvr.rewards import IsolatedReward, Outcome, Reward, Sample, isolated
 
@@ -65,30 +75,75 @@ def keeps_own_deadlines(reward: Reward) -> bool:
     return cls in OWN_DEADLINES and getattr(reward, "isolate", True) is True
 
 
+def own_deadline_s(reward: Reward) -> float | None:
+    """The per-sample deadline a reward keeps by itself: an ``isolated(...)`` reward's
+    ``timeout_s``, the code verifier's sandbox limit, the math verifier's ``timeout_s``."""
+    if isinstance(reward, IsolatedReward):
+        return reward.timeout_s
+    limits = getattr(reward, "limits", None)
+    for value in (getattr(limits, "timeout_s", None), getattr(reward, "timeout_s", None)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _copies(reward: Reward, n: int) -> list[Reward]:
+    """``reward`` and ``n - 1`` independent copies of it (each starts its own workers), or
+    just ``reward`` when it cannot be copied."""
+    import pickle
+
+    out = [reward]
+    for _ in range(n - 1):
+        try:
+            out.append(pickle.loads(pickle.dumps(reward)))
+        except Exception:  # noqa: BLE001 -- a reward that cannot be copied is served by one lane, and /health says so
+            return [reward]
+    return out
+
+
 class ScoringLanes:
     """``concurrency`` independent scorers of one reward; each batch borrows one.
 
     ``isolate="always"``: each lane is ``isolated(reward, timeout_s, max_workers=workers)``.
-    ``"never"``: the reward itself scores in the server process, one batch at a time (only
-    for rewards that keep their own deadlines). ``"auto"`` (the default): ``"never"`` for a
-    reward that keeps its own deadlines (:func:`keeps_own_deadlines`), else ``"always"``.
+    ``"never"``: each lane is a copy of the reward scoring in the server process (only for
+    rewards that keep their own deadlines; a reward that cannot be copied gets one lane).
+    ``"auto"`` (the default): ``"never"`` for a reward that keeps its own deadlines
+    (:func:`keeps_own_deadlines`), else ``"always"``. ``timeout_s`` (default 10 s) is the
+    isolated lanes' deadline; it cannot be set for a reward that is not isolated (its own
+    deadline applies: give it as the reward's option).
     """
 
-    def __init__(self, reward: Reward, concurrency: int = 2, workers: int = 2, timeout_s: float = 10.0, memory_mb: int | None = None, isolate: str = "auto") -> None:
+    def __init__(self, reward: Reward, concurrency: int = 2, workers: int = 2, timeout_s: float | None = None, memory_mb: int | None = None, isolate: str = "auto") -> None:
         if concurrency < 1 or workers < 1:
             raise ValueError(f"--concurrency and --workers must be >= 1, got {concurrency} and {workers}")
         if isolate not in ("auto", "always", "never"):
             raise ValueError(f"isolate must be 'auto', 'always' or 'never', got {isolate!r}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"--timeout must be > 0, got {timeout_s}")
         self.reward = reward
         self.name = reward.name
         self.isolate = isolate == "always" or (isolate == "auto" and not keeps_own_deadlines(reward))
+        if not self.isolate and timeout_s is not None:
+            raise ValueError(
+                f"--timeout {timeout_s:g} would not apply: reward {reward.name!r} scores under its own deadline "
+                f"({own_deadline_s(reward)} s) and the server does not isolate it. Set that deadline with the reward's "
+                "option (math: --option timeout_s=5; code: --option test_timeout_s=5), or add --isolate always."
+            )
         self.workers = workers
-        self._free: queue.Queue[Reward] = queue.Queue()
-        self._lanes: list[Reward] = []
-        for _ in range(concurrency if self.isolate else 1):
-            lane = isolated(reward, timeout_s=timeout_s, max_workers=workers, memory_mb=memory_mb) if self.isolate else reward
-            self._lanes.append(lane)
+        self.timeout_s = (10.0 if timeout_s is None else float(timeout_s)) if self.isolate else own_deadline_s(reward)
+        # last in, first out: one client at a time keeps reusing the same warm lane
+        self._free: queue.LifoQueue[Reward] = queue.LifoQueue()
+        if self.isolate:
+            self._lanes: list[Reward] = [isolated(reward, timeout_s=self.timeout_s, max_workers=workers, memory_mb=memory_mb) for _ in range(concurrency)]
+        else:
+            self._lanes = _copies(reward, concurrency)
+        for lane in self._lanes:
             self._free.put(lane)
+
+    @property
+    def concurrency(self) -> int:
+        """Batches scored at the same time."""
+        return len(self._lanes)
 
     def score(self, samples: list[Sample]) -> list[Outcome]:
         """Score on the first free lane (waits for one); never raises for a bad sample."""
@@ -102,9 +157,20 @@ class ScoringLanes:
         """Start every lane's workers: the first request does not pay for their start-up."""
         probe = [Sample("", "\\boxed{1}", "1")] * (self.workers if self.isolate else 1)
         for lane in self._lanes:
-            score_safely(lane, probe)
-        if not self.isolate and hasattr(self.reward, "warmup"):
-            self.reward.warmup()
+            if not self.isolate and hasattr(lane, "warmup"):
+                lane.warmup()
+            else:
+                score_safely(lane, probe)
+
+    def settings(self) -> dict[str, Any]:
+        """What is in force, as ``/health`` reports it."""
+        return {
+            "concurrency": self.concurrency,
+            "timeout_s": self.timeout_s,
+            "deadline": "server workers" if self.isolate else ("the reward's own" if self.timeout_s is not None else "none"),
+            "isolated_workers": self.isolate,
+            "workers": self.workers if self.isolate else getattr(self.reward, "max_workers", None),
+        }
 
     def close(self) -> None:
         """Kill every lane's workers."""
@@ -113,7 +179,14 @@ class ScoringLanes:
                 lane.close()
 
 
-def create_app(lanes: ScoringLanes, max_batch: int = 1024, max_body_bytes: int = 16 << 20, failure_score: float = 0.0, settings: Mapping[str, Any] | None = None) -> Any:
+def create_app(
+    lanes: ScoringLanes,
+    max_batch: int = 1024,
+    max_body_bytes: int = 16 << 20,
+    failure_score: float = 0.0,
+    settings: Mapping[str, Any] | None = None,
+    metric_keys: Sequence[str] = (),
+) -> Any:
     """The FastAPI application serving ``lanes`` (see the module docstring for its endpoints)."""
     _require_stack()
     from fastapi import FastAPI, HTTPException, Request
@@ -147,9 +220,16 @@ def create_app(lanes: ScoringLanes, max_batch: int = 1024, max_body_bytes: int =
         if over:
             raise HTTPException(413, f"request body is over {max_body_bytes} bytes; {too_big}")
         try:
-            return json.loads(bytes(body))
+            data = json.loads(bytes(body))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:  # nested past the parser's limit: the same refusal as below
+            too_deep = True
+        else:
+            too_deep = json_depth_over(data)
+        if too_deep:
+            raise HTTPException(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels; send flat samples")
+        return data
 
     def check_reward_name(data: Mapping[str, Any]) -> None:
         asked = data.get("reward")
@@ -201,7 +281,10 @@ def create_app(lanes: ScoringLanes, max_batch: int = 1024, max_body_bytes: int =
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from None
         outcomes = await run_in_threadpool(score_rows, lanes, rows)
-        return reply(rewards_payload(outcomes, failure_score))
+        payload = rewards_payload(outcomes, failure_score, metric_keys)
+        if request.query_params.get("extra_logs", "1").lower() in ("0", "false", "no"):
+            del payload["extra_logs"]  # OpenRLHF 0.8.x torch.cat's extra_logs and cannot take JSON lists
+        return reply(payload)
 
     return app
 
@@ -213,12 +296,13 @@ def serve(
     port: int = 8000,
     workers: int = 2,
     concurrency: int = 2,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
     memory_mb: int | None = None,
     max_batch: int = 1024,
     max_body_mb: float = 16.0,
     failure_score: float = 0.0,
     isolate: str = "auto",
+    metric_keys: Sequence[str] = (),
 ) -> int:
     """Load ``reward``, start its workers, and serve it until interrupted."""
     _require_stack()
@@ -230,15 +314,8 @@ def serve(
     lanes = ScoringLanes(reward_obj, concurrency=concurrency, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, isolate=isolate)
     try:
         lanes.warmup()
-        settings = {
-            "workers": workers,
-            "concurrency": len(lanes._lanes),
-            "timeout_s": timeout_s,
-            "isolated_workers": lanes.isolate,
-            "max_batch": max_batch,
-            "max_body_bytes": int(max_body_mb * (1 << 20)),
-        }
-        app = create_app(lanes, max_batch=max_batch, max_body_bytes=settings["max_body_bytes"], failure_score=failure_score, settings=settings)
+        settings = {**lanes.settings(), "max_batch": max_batch, "max_body_bytes": int(max_body_mb * (1 << 20))}
+        app = create_app(lanes, max_batch=max_batch, max_body_bytes=settings["max_body_bytes"], failure_score=failure_score, settings=settings, metric_keys=metric_keys)
         print(
             f"rlvr serve: reward {reward_obj.name!r} on http://{host}:{port} "
             f"(rlvr: POST /v1/score, OpenRLHF: POST /get_reward, GET /health)",

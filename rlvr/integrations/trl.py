@@ -15,6 +15,12 @@ speak that::
 
     trainer = GRPOTrainer(model=..., reward_funcs=[reward_func("math")], train_dataset=ds)  # ds has "prompt", "answer"
 
+Several rewards: give TRL ONE ``reward_func(WeightedSum([...]))``. TRL adds its reward
+functions with ``nansum``, so with separate functions a completion whose math check timed
+out (``None``) would still get the others' scores -- a failed check scored as a wrong
+answer. A ``WeightedSum`` fails as a whole when any part failed, and the row reaches TRL as
+``None``.
+
 A TIMEOUT or ERROR outcome (and an ABSTAIN) reaches TRL as ``None``, never 0.0. Counts of
 each status and the mean of every outcome metric go to TRL's ``log_metric`` as
 ``rlvr/<name>/...``; each completion's status and reason go to the completions table
@@ -22,20 +28,28 @@ through ``log_extra``.
 
 :func:`from_reward_func` goes the other way: a TRL-style function becomes an rlvr Reward,
 so it gains ``isolated(...)`` (deadlines, crash containment), ``python -m rlvr.eval
-verifier`` and every rlvr trainer.
+verifier`` and every rlvr trainer. It is called as TRL calls it (``trainer_state``,
+``log_extra``, ``log_metric`` included; an async function is awaited).
+
+Every object here pickles (TRL's async GRPO pickles ``reward_funcs`` into its rollout
+worker); worker processes stay behind and the copy starts its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlvr.integrations import batch_stats, completion_text, resolve_reward, score_rows
 from rlvr.rewards import Outcome, Reward, Sample, Status, isolated
 
-__all__ = ["RewardFunc", "reward_func", "FromRewardFunc", "from_reward_func"]
+__all__ = ["RewardFunc", "reward_func", "FromRewardFunc", "from_reward_func", "TrainerStateView"]
 
 # Keyword arguments TRL adds beside the dataset columns; never treated as a column.
 TRL_EXTRA_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
@@ -151,6 +165,48 @@ def reward_func(
     return RewardFunc(reward_obj, reference_column=reference_column, info_columns=info_columns, log=log)
 
 
+@dataclass
+class TrainerStateView:
+    """What a TRL reward function reads from ``trainer_state`` (transformers' ``TrainerState``):
+    the fields rlvr knows when it calls the function itself. Set them on
+    ``FromRewardFunc.trainer_state`` to drive a schedule (``global_step`` / ``max_steps``)."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    num_train_epochs: float = 0.0
+    log_history: list[dict[str, float]] = field(default_factory=list)
+    is_world_process_zero: bool = True
+
+
+def _run_awaitable(awaitable: Any) -> Any:
+    """The result of a coroutine from an async reward function, from sync code: on a fresh
+    event loop in this thread, or in a helper thread when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(_await(awaitable)))
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="rlvr-async-reward", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
 class FromRewardFunc:
     """A TRL-style reward function as an rlvr Reward. Build it with :func:`from_reward_func`."""
 
@@ -169,12 +225,15 @@ class FromRewardFunc:
         self.reference_column = reference_column
         self.conversational = conversational
         self.tokenizer = tokenizer
+        self.trainer_state = TrainerStateView()
 
-    def _call(self, samples: Sequence[Sample]) -> list[Any]:
+    def _call(self, samples: Sequence[Sample]) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Call the function as TRL's ``_calculate_rewards`` does; the values and, per row,
+        what the function logged through ``log_metric`` / ``log_extra``."""
         chat = self.conversational if self.conversational is not None else isinstance(samples[0].prompt, list)
         prompts = [s.prompt for s in samples]
         completions: list[Any] = [[{"role": "assistant", "content": s.completion}] if chat else s.completion for s in samples]
-        columns: dict[str, list[Any]] = {}
+        columns: dict[str, Any] = {}
         for key in dict.fromkeys(k for s in samples for k in s.info):
             if key not in TRL_EXTRA_KWARGS and key not in ("prompts", "completions"):
                 columns[key] = [s.info.get(key) for s in samples]
@@ -183,49 +242,77 @@ class FromRewardFunc:
         completion_ids = None
         if self.tokenizer is not None:
             completion_ids = [self.tokenizer(s.completion, add_special_tokens=False)["input_ids"] for s in samples]
+        n = len(samples)
+        logged: list[dict[str, Any]] = [{} for _ in range(n)]
+
+        def log_metric(key: str, value: float) -> None:  # a batch scalar: every row's outcome carries it
+            for row in logged:
+                row[str(key)] = value
+
+        def log_extra(column: str, values: Sequence[Any]) -> None:  # one value per row
+            if isinstance(values, (list, tuple)) and len(values) == n:
+                for row, value in zip(logged, values):
+                    row[str(column)] = value
+
+        extras = {"trainer_state": self.trainer_state, "log_extra": log_extra, "log_metric": log_metric}
+        columns.update({k: v for k, v in extras.items() if self._takes(k)})
         values = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        if inspect.isawaitable(values):  # TRL awaits an async reward function; so does rlvr
+            values = _run_awaitable(values)
         if not isinstance(values, (list, tuple)) and hasattr(values, "tolist"):
             values = values.tolist()
-        if not isinstance(values, (list, tuple)) or len(values) != len(samples):
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            length = len(values) if isinstance(values, Sized) else "no length"
             raise TypeError(
-                f"{self.name} returned {type(values).__name__} of length {getattr(values, '__len__', lambda: '?')()} "
-                f"for {len(samples)} completions; a TRL reward function returns one float or None per completion"
+                f"{self.name} returned {type(values).__name__} ({length}) for {n} completions; "
+                "a TRL reward function returns a list with one float or None per completion"
             )
-        return list(values)
+        return list(values), logged
+
+    def _takes(self, keyword: str) -> bool:
+        """Whether the function accepts ``keyword`` (TRL's own functions take ``**kwargs``; a
+        plain function written for rlvr without them keeps working)."""
+        try:
+            params = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: pass what TRL passes
+            return True
+        return any(p.kind is p.VAR_KEYWORD or (p.name == keyword and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
-        """Call the function on the batch (one row at a time if the batch raises)."""
+        """Call the function on the batch (one row at a time if the batch raises); a row
+        whose call fails is an ERROR outcome with the reason, never an exception."""
         samples = list(samples)
         if not samples:
             return []
+        if len(samples) == 1:
+            return self._score_one(samples[0])
         start = time.perf_counter()
         try:
-            values = self._call(samples)
+            values, logged = self._call(samples)
         except Exception:  # find the row that fails: the others keep their scores
-            if len(samples) == 1:
-                raise
             return [o for s in samples for o in self._score_one(s)]
         each = (time.perf_counter() - start) / len(samples)
-        return [self._outcome(v, each) for v in values]
+        return [self._outcome(v, each, extra) for v, extra in zip(values, logged)]
 
     def _score_one(self, sample: Sample) -> list[Outcome]:
         start = time.perf_counter()
         try:
-            [value] = self._call([sample])
+            [value], [extra] = self._call([sample])
         except Exception as exc:  # the function's own failure is an ERROR outcome, never a 0
             return [Outcome.error(f"{type(exc).__name__}: {exc}", elapsed_s=time.perf_counter() - start)]
-        return [self._outcome(value, time.perf_counter() - start)]
+        return [self._outcome(value, time.perf_counter() - start, extra)]
 
-    def _outcome(self, value: Any, elapsed: float) -> Outcome:
+    def _outcome(self, value: Any, elapsed: float, logged: Mapping[str, Any]) -> Outcome:
+        metrics = dict(logged)
         if value is None:
-            return Outcome.abstain(f"{self.name} returned None", elapsed_s=elapsed)
+            return Outcome.abstain(f"{self.name} returned None", metrics=metrics, elapsed_s=elapsed)
         if hasattr(value, "item") and not isinstance(value, (int, float)):
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return Outcome.error(f"{self.name} returned {type(value).__name__} {value!r:.80}, not a number", elapsed_s=elapsed)
+            return Outcome.error(f"{self.name} returned {type(value).__name__} {value!r:.80}, not a number", metrics=metrics, elapsed_s=elapsed)
         if not math.isfinite(value):
-            return Outcome.error(f"{self.name} returned non-finite {value}", elapsed_s=elapsed)
-        return Outcome.ok(float(value), elapsed_s=elapsed)
+            return Outcome.error(f"{self.name} returned non-finite {value}", metrics=metrics, elapsed_s=elapsed)
+        return Outcome.ok(float(value), metrics=metrics, elapsed_s=elapsed)
 
     def __repr__(self) -> str:
         return f"from_reward_func({self.name!r})"
@@ -246,9 +333,14 @@ def from_reward_func(
     (``[{"role": "assistant", "content": ...}]``) when the prompts are (or when
     ``conversational=True``). ``completion_ids`` is ``None`` unless a ``tokenizer`` is given.
 
+    ``trainer_state`` (a :class:`TrainerStateView`, settable as ``reward.trainer_state``),
+    ``log_extra`` and ``log_metric`` are passed as TRL passes them; what the function logs
+    lands in the outcomes' ``metrics``. An async function is awaited.
+
     Each value becomes an Outcome: a number is OK, ``None`` is ABSTAIN, a non-number or NaN
-    is ERROR. When the batch call raises, each row is called alone and only the rows that
-    raise become ERROR. Wrap the result in :func:`rlvr.isolated` for deadlines::
+    is ERROR. When the batch call raises (or returns the wrong number of values), each row
+    is called alone and only the rows that fail become ERROR; ``score`` never raises.
+    Wrap the result in :func:`rlvr.isolated` for deadlines::
 
         reward = isolated(from_reward_func(my_trl_reward), timeout_s=5)
     """

@@ -82,11 +82,13 @@ The package, lowest layer first (a module imports only modules listed above it):
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -95,7 +97,7 @@ from rlvr.verifiers.math.extraction import FALLBACKS, extract_answer, extract_re
 from rlvr.verifiers.math.normalization import MAX_ANSWER_CHARS, compact, normalize
 from rlvr.verifiers.math.plain_numbers import Number, parse_number, stated_precision
 
-__all__ = ["MathVerifier"]
+__all__ = ["MathVerifier", "accepted_answers"]
 
 # Public names of the submodules that MathVerifier does not use itself, importable from the
 # package all the same. They load on first access, so that importing MathVerifier does not
@@ -169,6 +171,57 @@ _WARMUP_PAIRS = [
     ("\\tan^2 y + 1", "\\sec^2 y"),
     ("(-\\infty, 2] \\cup (3, \\infty)", "x \\le 2 \\text{ or } x > 3"),
 ]
+
+
+# How deep a reference's nested lists of accepted answers may go, and how many answers it may hold.
+MAX_REFERENCE_DEPTH = 4
+MAX_REFERENCES = 256
+
+
+def accepted_answers(reference: Any) -> list[Any] | str:
+    """The answers a reference accepts: one for a plain value, each element for a list,
+    tuple, set or array (nested ones flattened), or a message saying why it has none
+    (``None``, NaN, an empty list, one nested or long past reason)."""
+    if hasattr(reference, "tolist") and not isinstance(reference, (str, bytes)):
+        reference = reference.tolist()  # numpy arrays and scalars (veRL's parquet columns), tensors
+    if not isinstance(reference, (list, tuple, set, frozenset)):
+        if reference is None or (isinstance(reference, float) and math.isnan(reference)):
+            return "no reference answer: Sample.reference is None or NaN; give the gold answer as reference"
+        return [reference]
+    out: list[Any] = []
+    stack: list[tuple[Any, int]] = [(reference, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if hasattr(item, "tolist") and not isinstance(item, (str, bytes)):
+            item = item.tolist()
+        if isinstance(item, (list, tuple, set, frozenset)):
+            if depth > MAX_REFERENCE_DEPTH:
+                return f"reference lists nest deeper than {MAX_REFERENCE_DEPTH}; give a flat list of accepted answers"
+            items = sorted(item, key=str) if isinstance(item, (set, frozenset)) else list(item)
+            stack.extend((x, depth + 1) for x in reversed(items))
+        elif item is not None and not (isinstance(item, float) and math.isnan(item)):
+            out.append(item)
+        if len(out) > MAX_REFERENCES:
+            return f"reference lists more than {MAX_REFERENCES} accepted answers"
+    if not out:
+        return "no reference answer: the list of accepted answers is empty"
+    return out
+
+
+def _any_of(outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome for a completion checked against several accepted answers."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    elapsed = sum(o.elapsed_s for o in outcomes)
+    metrics = dict(outcomes[0].metrics)
+    for k, o in enumerate(outcomes):
+        if o.status is Status.OK and o.score == 1.0:
+            return Outcome.ok(1.0, f"accepted answer {k + 1} of {len(outcomes)}: {o.reason}", metrics=dict(o.metrics), elapsed_s=elapsed)
+    failed = [o for o in outcomes if o.status in (Status.ERROR, Status.TIMEOUT)]
+    if failed:  # it may have matched the answer whose check failed
+        status = Status.ERROR if any(o.status is Status.ERROR for o in failed) else Status.TIMEOUT
+        return Outcome(None, status, f"no accepted answer matched and {len(failed)} check(s) failed: {failed[0].reason}", metrics, elapsed)
+    return Outcome.ok(0.0, f"none of {len(outcomes)} accepted answers: {outcomes[0].reason}", metrics=metrics, elapsed_s=elapsed)
 
 
 class _SympyCheck:
@@ -263,6 +316,7 @@ class MathVerifier:
         self._pool = None
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
+        self._pid = os.getpid()
         self._gold_cache: OrderedDict[str, tuple[str, str, bool, Number | None]] = OrderedDict()
 
     # -- pickling: the worker pool stays behind -------------------------------------------
@@ -277,8 +331,11 @@ class MathVerifier:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _get_pool(self):
+        if self._pid != os.getpid():  # a forked copy: the pool it inherited is its parent's
+            self._pool, self._lock, self._cache_lock, self._pid = None, threading.Lock(), threading.Lock(), os.getpid()
         with self._lock:
             if self._pool is None:
                 self._pool = isolated(
@@ -323,14 +380,29 @@ class MathVerifier:
         return None
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
-        """Score a batch: cheap pairs here, the rest in the sympy workers."""
+        """Score a batch: cheap pairs here, the rest in the sympy workers.
+
+        A reference that is a list, tuple, set or array holds several accepted answers: the
+        completion is right when it equals ANY of them (each is checked; one whose check
+        failed while none matched makes the outcome that failure, never a 0).
+        """
+        flat: list[Sample] = []
+        spans: list[tuple[int, int] | Outcome] = []
+        for sample in samples:
+            golds = accepted_answers(sample.reference)
+            if isinstance(golds, str):  # why this reference cannot be used
+                spans.append(Outcome.error(golds))
+                continue
+            spans.append((len(flat), len(flat) + len(golds)))
+            flat.extend(sample if len(golds) == 1 and golds[0] is sample.reference else replace(sample, reference=g) for g in golds)
+        scored = self._score_flat(flat)
+        return [span if isinstance(span, Outcome) else _any_of(scored[span[0] : span[1]]) for span in spans]
+
+    def _score_flat(self, samples: Sequence[Sample]) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(samples)
         pending: list[tuple[int, float, str, str, str]] = []
         for i, sample in enumerate(samples):
             start = time.perf_counter()
-            if sample.reference is None:
-                results[i] = Outcome.error("no reference answer: Sample.reference is None; give the gold answer as reference")
-                continue
             completion = sample.completion[-_MAX_COMPLETION_CHARS:]  # the answer is at the end
             pred, how = extract_answer(completion, self.fallbacks)
             if pred is None:
@@ -369,7 +441,7 @@ class MathVerifier:
 
     def __del__(self) -> None:
         try:
-            if self._pool is not None:
+            if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
         except Exception:  # noqa: BLE001, S110 -- at interpreter shutdown there is nothing left to report to
             pass

@@ -20,7 +20,7 @@ from rlvr.verifiers.math.text import residue_classes
 __all__ = ["FALLBACKS", "extract_answer", "extract_reference"]
 
 #: The fallback extractors, tried in the order given when no ``\boxed{}`` is found.
-FALLBACKS = ("final_answer", "answer_is", "gsm8k", "last_latex", "whole", "last_number")
+FALLBACKS = ("final_answer", "answer_is", "answer_colon", "gsm8k", "last_latex", "whole", "last_number")
 
 _FALLBACK_WINDOW = 20_000
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
@@ -135,6 +135,10 @@ _ANSWER_IS_RE = re.compile(
     re.IGNORECASE,
 )
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
+# DAPO's prompt format ("... Answer: $Answer"), as veRL's math_dapo scorer reads it: the last
+# "Answer:" line within the last 300 characters.
+_ANSWER_COLON_RE = re.compile(r"answer\s*:\s*([^\n]+)", re.IGNORECASE)
+_ANSWER_COLON_WINDOW = 300
 _LATEX_ENV_RE = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\\$|[^$\n])+?)(?<!\\)\$", re.DOTALL)
 _NUMBER_TOKEN = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:\s*/\s*\d+)?|-?\.\d+"
 _LAST_NUMBER_RE = re.compile(r"(?<![A-Za-z0-9_.])(" + _NUMBER_TOKEN + r")")
@@ -191,6 +195,9 @@ def _fallback(kind: str, text: str) -> str | None:
         if ms:
             return _answer_in_sentence(_sentence_answer(ms[-1].group(1)))
         return None
+    if kind == "answer_colon":
+        ms = list(_ANSWER_COLON_RE.finditer(text[-_ANSWER_COLON_WINDOW:]))
+        return _answer_in_sentence(_sentence_answer(ms[-1].group(1))) if ms else None
     if kind == "gsm8k":
         ms = list(_GSM8K_RE.finditer(text))
         return ms[-1].group(1).strip() if ms else None
@@ -212,7 +219,7 @@ def _fallback(kind: str, text: str) -> str | None:
 
 
 _WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
-_OK_WORDS_TAIL = (r"|percent|percentage|pct|sqrt|pi|sin|cos|tan|log|ln|exp|infty|frac|cup|in|le|ge|leq|geq|neq|lt|gt|pm|mp|cdot|times|div)$")
+_OK_WORDS_TAIL = (r"|percent|percentage|pct|sqrt|pi|sin|cos|tan|log|ln|exp|infty|infinity|inf|frac|cup|in|le|ge|leq|geq|neq|lt|gt|pm|mp|cdot|times|div)$")
 _OK_WORDS: list[re.Pattern] = []
 
 
