@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -360,6 +361,25 @@ class _Worker:
         return f"worker process exited with code {code}"
 
 
+_FORKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for obj in list(_FORKED):
+        obj._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def forget_after_fork(obj: Any) -> None:
+    """Call ``obj._after_fork()`` in a child made by ``fork`` (before any of its threads runs),
+    so that worker processes and locks inherited from the parent are forgotten, never reused
+    or killed. For objects that own worker processes."""
+    _FORKED.add(obj)
+
+
 class IsolatedReward:
     """A reward scored in worker processes that are killed at a wall-clock deadline.
 
@@ -396,7 +416,7 @@ class IsolatedReward:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._pid = os.getpid()
+        forget_after_fork(self)
 
     def _spawn(self) -> _Worker:
         return _Worker(self._payload, self.memory_mb, self.env)
@@ -408,10 +428,6 @@ class IsolatedReward:
         samples = list(samples)
         if not samples:
             return []
-        if self._pid != os.getpid():
-            # a forked copy (a process pool of the host framework): the workers and the lock
-            # it inherited are the parent's; it starts its own
-            self._workers, self._lock, self._pid = [], threading.Lock(), os.getpid()
         with self._lock:
             return self._score_locked(samples)
 
@@ -528,7 +544,12 @@ class IsolatedReward:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (a host framework's process pool): the workers and the lock it
+        inherited are its parent's; it forgets them (never kills them) and starts its own."""
+        self._workers, self._lock = [], threading.Lock()
 
     def __enter__(self) -> IsolatedReward:
         return self
@@ -538,9 +559,8 @@ class IsolatedReward:
 
     def __del__(self) -> None:
         try:
-            if self._pid == os.getpid():  # a forked copy's workers are its parent's
-                for w in self._workers:
-                    w.kill()
+            for w in self._workers:
+                w.kill()
         except Exception:
             pass
 

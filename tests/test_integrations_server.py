@@ -265,6 +265,12 @@ def test_json_nested_past_any_limit_is_a_400_and_the_server_keeps_serving(echo_s
         assert status == 400 and "nests deeper" in data["detail"], depth
     status, data = echo_server.post("/get_reward", json.dumps({"query": ["a"], "labels": [[[[["a"]]]] * 1]}).encode())
     assert status == 200  # a few levels are fine
+    status, data = echo_server.post("/v1/score", b'{"samples": [{"completion": "x", "reference": ' + b"1" * 5000 + b"}]}")
+    assert status == 400  # an integer past Python's 4300 digits
+    start = time.monotonic()
+    tag = {"$rlvr": "fraction", "value": "1e30000000"}  # would build a 30-million-digit integer
+    status, data = echo_server.post("/v1/score", json.dumps({"samples": [{"completion": "x", "reference": tag}]}).encode())
+    assert status == 422 and time.monotonic() - start < 5
     [out] = RemoteReward(echo_server.url).score([Sample("", "a", "a")])
     assert out.status is Status.OK and out.score == 1.0
 
@@ -293,6 +299,11 @@ def test_a_sample_scores_the_same_either_side_of_the_wire(math_server):
     assert [o.score for o in local[:2]] == [1.0, 1.0] and local[2].status is Status.ERROR
     [unsendable] = RemoteReward(math_server.url).score([Sample("", "\\boxed{1}", object())])
     assert unsendable.status is Status.ERROR and "cannot be sent" in unsendable.reason
+    odd_prompt = Sample([{"role": "user", "content": object()}], "\\boxed{1}", "1")
+    outs = RemoteReward(math_server.url).score([odd_prompt, Sample("", "\\boxed{1}", "1")])
+    assert [o.status for o in outs] == [Status.ERROR, Status.OK]  # only the sample JSON cannot carry
+    with pytest.raises(ValueError, match="out of range"):
+        RemoteReward("http://127.0.0.1:99999")
 
 
 def test_health_reports_the_deadline_and_concurrency_in_force(math_server, echo_server):

@@ -226,6 +226,10 @@ def test_from_reward_func_wrong_length_on_one_row_is_an_error_outcome():
     two = from_reward_func(lambda prompts, completions, **kw: [1.0, 1.0], name="two")
     [out] = two.score([Sample("", "a")])
     assert out.status is Status.ERROR and "for 1 completions" in out.reason
+    import numpy as np
+
+    odd = from_reward_func(lambda prompts, completions, **kw: [np.array([1.0, 2.0]), 10**400], name="odd")
+    assert [o.status for o in odd.score([Sample("", "a"), Sample("", "b")])] == [Status.ERROR, Status.ERROR]
 
 
 class _Child:

@@ -21,7 +21,7 @@ import torch
 
 from rlvr.integrations import openrlhf, verl
 from rlvr.registry import load_verifier
-from rlvr.rewards import FunctionReward, Sample, WeightedSum, isolated
+from rlvr.rewards import FunctionReward, Outcome, Sample, WeightedSum, isolated
 
 VERL_KEYS = {"score", "acc", "rlvr_failed", "rlvr_timeout", "rlvr_error", "rlvr_abstain", "rlvr_status", "rlvr_reason"}
 
@@ -165,7 +165,7 @@ def test_a_broken_reward_is_error_outcomes_without_retrying_every_row():
     broken = Broken()
     out = openrlhf.make_reward_func(broken)(["a"] * 50, [""] * 50, ["x"] * 50)
     assert out["extra_logs"]["rlvr/error"].tolist() == [1.0] * 50
-    assert broken.calls == 2  # the batch, then one row: the same failure, so not 50 more
+    assert broken.calls == 3  # the batch, then two rows: the same failure, so not 48 more
     d = verl.make_compute_score(broken)(data_source="x", solution_str="a", ground_truth="a")
     assert d["rlvr_status"] == "error" and "worker failed to start" in d["rlvr_reason"]
 
@@ -391,3 +391,42 @@ def test_openrlhf_response_of_the_chat_templates_in_use():
     assert openrlhf.response_of("just a response", None) == "just a response"
     with pytest.raises(openrlhf.ResponseNotFound):
         openrlhf.response_of("text without its prompt", PROMPT)
+
+
+class FailsOnBad:
+    name = "fails_on_bad"
+
+    def score(self, samples):
+        if any(s.completion == "bad" for s in samples):
+            raise ValueError("bad row")
+        return [Outcome.ok(1.0) for _ in samples]
+
+
+def test_a_bad_first_row_fails_alone():
+    out = openrlhf.make_reward_func(FailsOnBad())(["bad", "ok", "ok"], ["", "", ""], ["x"] * 3)
+    assert out["extra_logs"]["rlvr/error"].tolist() == [1.0, 0.0, 0.0] and out["rewards"].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_openrlhf_few_shot_prompt_whose_decode_differs_is_not_scored():
+    """A few-shot prompt ends each example turn as it ends the last one; the decode dropped a
+    space in the last turn. The example's ``\\boxed{5}`` is prompt text, never the answer."""
+    prompt = (
+        "<|im_start|>user\nWhat is 2+3? <|im_end|>\n<|im_start|>assistant\n\\boxed{5}<|im_end|>\n"
+        "<|im_start|>user\nWhat is 1+4? <|im_end|>\n<|im_start|>assistant\n"
+    )
+    query = prompt.replace("1+4? <|im_end|>", "1+4?<|im_end|>") + "I am not sure.<|im_end|>"
+    assert openrlhf.response_of(query, prompt) == "I am not sure."
+    assert openrlhf.reward_func([query], [prompt], ["5"])["rewards"].tolist() == [0.0]
+
+
+def test_verl_make_compute_score_takes_a_name_and_checks_lengths():
+    fn = verl.make_compute_score("math")
+    assert fn("x", "\\boxed{2}", "2", None)["score"] == 1.0
+    with pytest.raises(ValueError, match="2 solution_strs, 1 ground_truths"):
+        fn(data_sources=["x", "x"], solution_strs=["a", "b"], ground_truths=["1"])
+
+
+def test_math_reference_tuple_still_accepts_the_whole_answer():
+    math_verifier = load_verifier("math")
+    outs = math_verifier.score([Sample("", "\\boxed{(1, 2)}", (1, 2)), Sample("", "\\boxed{[1, 2]}", [[1, 2], [3, 4]])])
+    assert [o.score for o in outs] == [1.0, 1.0]

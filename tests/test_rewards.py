@@ -265,3 +265,23 @@ def test_isolated_unpicklable_reward_is_a_clear_error():
 
     with pytest.raises(TypeError, match="cannot be pickled"):
         isolated(Holder())
+
+
+def test_a_forked_child_forgets_the_parents_workers_and_never_kills_them():
+    """A host framework's process pool forks (veRL's prime manager): the child that closes its
+    copy, or scores with it, leaves the parent's workers alone."""
+    reward = isolated(FunctionReward(_length, name="length"), timeout_s=10, max_workers=1)
+    try:
+        assert [o.status for o in reward.score(_samples("ab"))] == [Status.OK]
+        worker = reward._workers[0].proc
+        pid = os.fork()
+        if pid == 0:  # the child: score on its own workers, then close them
+            code = 0 if [o.score for o in reward.score(_samples("abc"))] == [3.0] else 1
+            reward.close()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert worker.poll() is None  # the parent's worker is alive
+        assert [o.score for o in reward.score(_samples("abcd"))] == [4.0]
+    finally:
+        reward.close()

@@ -23,6 +23,7 @@ This module holds the small pieces the adapters share. It imports nothing heavy.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -43,6 +44,7 @@ __all__ = [
     "reference_to_json",
     "reference_from_json",
     "json_depth_over",
+    "finite_number",
 ]
 
 
@@ -129,8 +131,8 @@ def score_safely(reward: Reward, samples: Sequence[Sample]) -> list[Outcome]:
             outcomes.extend(check_outcomes(reward.name, [sample], reward.score([sample])))
         except Exception as exc:  # this row's own failure, reported, not raised
             reason = f"{type(exc).__name__}: {exc}"
-            if i == 0 and reason == batch_reason:
-                # the same failure on one row as on the batch: the reward itself is broken
+            if i == 1 and outcomes[0].status is Status.ERROR and outcomes[0].reason == reason == batch_reason:
+                # the first two rows fail alone as the batch did: the reward itself is broken
                 # (a worker that cannot start, say), not one row -- do not retry every row
                 return [Outcome.error(reason) for _ in samples]
             outcomes.append(Outcome.error(reason))
@@ -147,6 +149,17 @@ def score_rows(reward: Reward, rows: Sequence[Sample | Outcome]) -> list[Outcome
     return out
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (a bool, a non-number, NaN, inf, an int past float's range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def batch_stats(outcomes: Sequence[Outcome]) -> dict[str, float]:
     """Counts by status and each metric's mean over the outcomes that carry it.
 
@@ -159,8 +172,9 @@ def batch_stats(outcomes: Sequence[Outcome]) -> dict[str, float]:
     for o in outcomes:
         counts[o.status.value] += 1
         for k, v in o.metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                sums[k] = sums.get(k, 0.0) + float(v)
+            number = finite_number(v)
+            if number is not None:
+                sums[k] = sums.get(k, 0.0) + number
                 seen[k] = seen.get(k, 0) + 1
     out = dict(counts)
     out["failed_frac"] = (counts["timeout"] + counts["error"]) / len(outcomes) if outcomes else 0.0
@@ -233,6 +247,10 @@ def reference_to_json(value: Any, _depth: int = 0) -> Any:
 
 
 _FROM_TAG: dict[str, Any] = {"fraction": Fraction, "decimal": Decimal, "float": float, "complex": complex}
+# A tagged value's text: short, and a fraction only as integers (``Fraction("1e30000000")``
+# would build a 30-million-digit integer: a request must not hold the server for minutes).
+_MAX_TAG_TEXT = 400
+_FRACTION_TEXT = re.compile(r"[+-]?\d{1,180}(?:/\d{1,180})?")
 
 
 def reference_from_json(data: Any) -> Any:
@@ -245,7 +263,7 @@ def reference_from_json(data: Any) -> Any:
         kind, text = data.get(WIRE_TAG), data.get("value")
         if kind == "dict" and isinstance(text, Mapping):
             return {k: reference_from_json(v) for k, v in text.items()}
-        if kind in _FROM_TAG and isinstance(text, str):
+        if kind in _FROM_TAG and isinstance(text, str) and len(text) <= _MAX_TAG_TEXT and (kind != "fraction" or _FRACTION_TEXT.fullmatch(text)):
             try:
                 return _FROM_TAG[kind](text)
             except (ValueError, ArithmeticError):

@@ -37,13 +37,12 @@ and says so in ``extra_logs``: ``rlvr/failed``, ``rlvr/timeout``, ``rlvr/error``
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlvr.integrations import resolve_reward, score_rows
+from rlvr.integrations import finite_number, resolve_reward, score_rows
 from rlvr.rewards import Outcome, Reward, Sample, Status
 
 __all__ = ["reward_func", "make_reward_func", "response_of", "samples_from_queries", "rewards_payload", "END_MARKERS", "ASSISTANT_MARKERS", "ResponseNotFound"]
@@ -63,6 +62,12 @@ ASSISTANT_MARKERS = (
 )
 # A prompt tail shorter than this found in the query does not locate the response.
 MIN_PROMPT_MATCH = 24
+# How many characters longer than the prompt a decode of it may come out.
+PROMPT_SLACK = 64
+# How much of the prompt's end is aligned with the query when the fast match cannot place it.
+ALIGN_WINDOW = 2048
+# A tail of the prompt this long, found in the query, places the prompt's end by itself.
+TRUSTED_TAIL = 512
 
 
 class ResponseNotFound(ValueError):
@@ -73,19 +78,31 @@ def _prompt_end(query: str, prompt: str) -> int | None:
     """Where the prompt (or what is left of it after a cut from the left) ends in ``query``."""
     if query.startswith(prompt):
         return len(prompt)
-    # the shortest cut prompt[j:] found in the query: if prompt[j:] occurs, so does every
-    # shorter tail, so a binary search finds the longest tail that occurs
+    region = query[: len(prompt) + PROMPT_SLACK]  # a cut only shortens the prompt; a decode may lengthen it a little
+    # fast: the longest tail prompt[j:] found in the region (if prompt[j:] occurs, so does every
+    # shorter tail, so a binary search finds it), trusted where it cannot be elsewhere: at the
+    # start of the query (the prompt was cut there), or long enough that no turn repeats it
     lo, hi = 0, len(prompt)
     while lo < hi:
         mid = (lo + hi) // 2
-        if prompt[mid:] in query:
+        if prompt[mid:] in region:
             hi = mid
         else:
             lo = mid + 1
     tail = prompt[lo:]
-    if len(tail) < min(len(prompt), MIN_PROMPT_MATCH):
-        return None
-    return query.find(tail) + len(tail)
+    if len(tail) >= min(len(prompt), MIN_PROMPT_MATCH):
+        at = region.rfind(tail)
+        if at <= 1 or len(tail) >= max(TRUSTED_TAIL, len(prompt) // 2):
+            return at + len(tail)
+    # slow: align the prompt's end with the region (decodes that differ here and there, a
+    # few-shot prompt whose turns end alike); the response starts after the matching block
+    # that ends where the prompt ends
+    import difflib
+
+    end = prompt[-ALIGN_WINDOW:]
+    blocks = difflib.SequenceMatcher(None, end, region, autojunk=False).get_matching_blocks()
+    last = [b for b in blocks if b.size >= min(len(end), MIN_PROMPT_MATCH) and b.a + b.size == len(end)]
+    return last[-1].b + last[-1].size if last else None
 
 
 def _after_assistant_marker(query: str) -> int | None:
@@ -166,7 +183,7 @@ def rewards_payload(outcomes: Sequence[Outcome], failure_score: float = 0.0, met
     }
     for k in metric_keys:
         values = [o.metrics.get(k) for o in outcomes]
-        logs[f"rlvr/metric/{k}"] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else 0.0 for v in values]
+        logs[f"rlvr/metric/{k}"] = [finite_number(v) or 0.0 for v in values]
     scores = [min(1.0, max(0.0, r)) for r in rewards]  # dynamic filtering reads 0..1
     return {"rewards": rewards, "scores": scores, "extra_logs": logs}
 

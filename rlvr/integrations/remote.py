@@ -48,6 +48,13 @@ class RemoteReward:
     def __init__(self, url: str, reward: str | None = None, name: str | None = None, timeout_s: float = 300.0, max_batch: int = 256) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"RemoteReward url must start with http:// or https://, got {url!r}")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises on a port out of range
+        except ValueError as exc:
+            raise ValueError(f"RemoteReward url {url!r}: {exc}") from None
+        if not parts.hostname:
+            raise ValueError(f"RemoteReward url {url!r} names no host")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.url = url.rstrip("/")
@@ -114,10 +121,13 @@ class RemoteReward:
         sent: list[int] = []
         for i, sample in enumerate(samples):
             try:
-                encoded.append(sample_to_json(sample))
-                sent.append(i)
-            except (TypeError, ValueError) as exc:
+                one = sample_to_json(sample)
+                json.dumps(one, allow_nan=False)  # a prompt JSON cannot carry fails this sample only
+            except (TypeError, ValueError, RecursionError) as exc:
                 results[i] = Outcome.error(f"not sent to the reward server: {exc}")
+                continue
+            encoded.append(one)
+            sent.append(i)
         if sent:
             for i, outcome in zip(sent, self._post(encoded)):
                 results[i] = outcome

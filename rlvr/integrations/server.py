@@ -127,7 +127,8 @@ class ScoringLanes:
             raise ValueError(
                 f"--timeout {timeout_s:g} would not apply: reward {reward.name!r} scores under its own deadline "
                 f"({own_deadline_s(reward)} s) and the server does not isolate it. Set that deadline with the reward's "
-                "option (math: --option timeout_s=5; code: --option test_timeout_s=5), or add --isolate always."
+                "option (math: --option timeout_s=5; code: --option test_timeout_s=5 per test, within its sandbox's limit for the "
+                "whole sample, which /health reports), or add --isolate always."
             )
         self.workers = workers
         self.timeout_s = (10.0 if timeout_s is None else float(timeout_s)) if self.isolate else own_deadline_s(reward)
@@ -221,7 +222,7 @@ def create_app(
             raise HTTPException(413, f"request body is over {max_body_bytes} bytes; {too_big}")
         try:
             data = json.loads(bytes(body))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # malformed JSON, bad UTF-8, an integer past Python's 4300 digits
             raise HTTPException(400, f"request body is not valid JSON: {exc}") from None
         except RecursionError:  # nested past the parser's limit: the same refusal as below
             too_deep = True

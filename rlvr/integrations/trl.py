@@ -303,16 +303,22 @@ class FromRewardFunc:
         return [self._outcome(value, time.perf_counter() - start, extra)]
 
     def _outcome(self, value: Any, elapsed: float, logged: Mapping[str, Any]) -> Outcome:
-        metrics = dict(logged)
+        try:
+            return self._judge(value, elapsed, dict(logged))
+        except (TypeError, ValueError, OverflowError) as exc:  # an array of several values, an int past float
+            return Outcome.error(f"{self.name} returned {type(value).__name__} {value!r:.80}: {exc}", elapsed_s=elapsed)
+
+    def _judge(self, value: Any, elapsed: float, metrics: dict[str, Any]) -> Outcome:
         if value is None:
             return Outcome.abstain(f"{self.name} returned None", metrics=metrics, elapsed_s=elapsed)
         if hasattr(value, "item") and not isinstance(value, (int, float)):
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return Outcome.error(f"{self.name} returned {type(value).__name__} {value!r:.80}, not a number", metrics=metrics, elapsed_s=elapsed)
+        value = float(value)
         if not math.isfinite(value):
             return Outcome.error(f"{self.name} returned non-finite {value}", metrics=metrics, elapsed_s=elapsed)
-        return Outcome.ok(float(value), metrics=metrics, elapsed_s=elapsed)
+        return Outcome.ok(value, metrics=metrics, elapsed_s=elapsed)
 
     def __repr__(self) -> str:
         return f"from_reward_func({self.name!r})"

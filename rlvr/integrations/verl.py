@@ -35,7 +35,8 @@ source nothing maps is a misconfiguration and raises ``ValueError`` saying how t
 
 veRL cannot leave a response out of the advantages, so a failed check (TIMEOUT, ERROR,
 ABSTAIN) scores ``failure_score`` (0.0 unless ``reward_kwargs["failure_score"]`` says
-otherwise: neutral on both the 0 / 1 and the +1 / -1 scale) and says so: ``rlvr_failed``
+otherwise: a wrong answer's score on the 0 / 1 scale, halfway on the +1 / -1 one) and says
+so -- veRL's advantages cannot tell it from a wrong answer, the logs can: ``rlvr_failed``
 is 1.0 and ``rlvr_status`` / ``rlvr_reason`` tell why. A metric appears as
 ``rlvr_metric/<key>`` only when listed in ``reward_kwargs["metric_keys"]`` (NaN where an
 outcome lacks it). A ground truth that is a list or array means any of its answers.
@@ -52,7 +53,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from rlvr.integrations import resolve_reward, score_rows
+from rlvr.integrations import finite_number, resolve_reward, score_rows
 from rlvr.rewards import Outcome, Reward, Sample, Status
 
 __all__ = [
@@ -193,9 +194,8 @@ def result_dict(outcome: Outcome, failure_score: float = 0.0, metric_keys: Seque
         rlvr_reason=outcome.reason,
     )
     for key in metric_keys:
-        value = outcome.metrics.get(key)
-        ok_value = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        out[f"rlvr_metric/{key}"] = float(value) if ok_value else math.nan
+        value = finite_number(outcome.metrics.get(key))
+        out[f"rlvr_metric/{key}"] = value if value is not None else math.nan
     return out
 
 
@@ -272,8 +272,8 @@ class ComputeScore:
 
     __name__ = "compute_score"
 
-    def __init__(self, reward: Reward, failure_score: float = 0.0, metric_keys: Sequence[str] = (), signed: bool = False) -> None:
-        self.reward = reward
+    def __init__(self, reward: Reward | str, failure_score: float = 0.0, metric_keys: Sequence[str] = (), signed: bool = False) -> None:
+        self.reward = resolve_reward(reward)
         self.failure_score = float(failure_score)
         self.metric_keys = tuple(metric_keys)
         self.signed = bool(signed)
@@ -291,8 +291,11 @@ class ComputeScore:
         **_ignored: Any,
     ) -> VerlResult | list[VerlResult]:
         if solution_strs is not None:
-            infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
-            truths = list(ground_truths) if ground_truths is not None else [None] * len(solution_strs)
+            n = len(solution_strs)
+            infos = list(extra_infos) if extra_infos is not None else [None] * n
+            truths = list(ground_truths) if ground_truths is not None else [None] * n
+            if len(infos) != n or len(truths) != n:
+                raise ValueError(f"compute_score: {n} solution_strs, {len(truths)} ground_truths, {len(infos)} extra_infos")
             rows = [_sample(s, g, e) for s, g, e in zip(solution_strs, truths, infos)]
             return [result_dict(o, self.failure_score, self.metric_keys, self.signed) for o in score_rows(self.reward, rows)]
         [outcome] = score_rows(self.reward, [_sample(solution_str, ground_truth, extra_info)])
@@ -302,7 +305,7 @@ class ComputeScore:
         return f"make_compute_score({self.reward!r})"
 
 
-def make_compute_score(reward: Reward, failure_score: float = 0.0, metric_keys: Sequence[str] = (), signed: bool = False) -> ComputeScore:
+def make_compute_score(reward: Reward | str, failure_score: float = 0.0, metric_keys: Sequence[str] = (), signed: bool = False) -> ComputeScore:
     """A veRL ``compute_score`` for any Reward object (``WeightedSum``, your own)::
 
         # my_reward.py -- custom_reward_function.path=my_reward.py, name=compute_score

@@ -92,7 +92,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
-from rlvr.rewards import Outcome, Sample, Status, isolated
+from rlvr.rewards import Outcome, Sample, Status, forget_after_fork, isolated
 from rlvr.verifiers.math.extraction import FALLBACKS, extract_answer, extract_reference
 from rlvr.verifiers.math.normalization import MAX_ANSWER_CHARS, compact, normalize
 from rlvr.verifiers.math.plain_numbers import Number, parse_number, stated_precision
@@ -173,38 +173,43 @@ _WARMUP_PAIRS = [
 ]
 
 
-# How deep a reference's nested lists of accepted answers may go, and how many answers it may hold.
-MAX_REFERENCE_DEPTH = 4
+# How many accepted answers a reference may list.
 MAX_REFERENCES = 256
 
 
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars, tensors: as Python lists / numbers."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, (str, bytes)) else value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def accepted_answers(reference: Any) -> list[Any] | str:
-    """The answers a reference accepts: one for a plain value, each element for a list,
-    tuple, set or array (nested ones flattened), or a message saying why it has none
-    (``None``, NaN, an empty list, one nested or long past reason)."""
-    if hasattr(reference, "tolist") and not isinstance(reference, (str, bytes)):
-        reference = reference.tolist()  # numpy arrays and scalars (veRL's parquet columns), tensors
+    """The answers a reference accepts, or a message saying why it has none.
+
+    A plain value accepts itself. A list, tuple, set or array lists several accepted answers:
+    each element (an element that is itself a list is one answer, written as it is), and the
+    whole reference as written (``(1, 2)`` still accepts ``\\boxed{(1, 2)}``). ``None``, NaN and
+    an empty list have none.
+    """
+    reference = _plain(reference)
     if not isinstance(reference, (list, tuple, set, frozenset)):
-        if reference is None or (isinstance(reference, float) and math.isnan(reference)):
+        if _missing(reference):
             return "no reference answer: Sample.reference is None or NaN; give the gold answer as reference"
         return [reference]
+    items = sorted(reference, key=str) if isinstance(reference, (set, frozenset)) else list(reference)
     out: list[Any] = []
-    stack: list[tuple[Any, int]] = [(reference, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if hasattr(item, "tolist") and not isinstance(item, (str, bytes)):
-            item = item.tolist()
-        if isinstance(item, (list, tuple, set, frozenset)):
-            if depth > MAX_REFERENCE_DEPTH:
-                return f"reference lists nest deeper than {MAX_REFERENCE_DEPTH}; give a flat list of accepted answers"
-            items = sorted(item, key=str) if isinstance(item, (set, frozenset)) else list(item)
-            stack.extend((x, depth + 1) for x in reversed(items))
-        elif item is not None and not (isinstance(item, float) and math.isnan(item)):
-            out.append(item)
-        if len(out) > MAX_REFERENCES:
-            return f"reference lists more than {MAX_REFERENCES} accepted answers"
+    for item in map(_plain, items):
+        if not _missing(item):
+            out.append(item if isinstance(item, (str, int, float)) else str(item))
     if not out:
         return "no reference answer: the list of accepted answers is empty"
+    if len(out) > MAX_REFERENCES:
+        return f"reference lists {len(out)} accepted answers; at most {MAX_REFERENCES}"
+    if len(out) > 1:
+        out.append(str(reference if not isinstance(reference, (set, frozenset)) else tuple(items)))
     return out
 
 
@@ -316,7 +321,7 @@ class MathVerifier:
         self._pool = None
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
-        self._pid = os.getpid()
+        forget_after_fork(self)
         self._gold_cache: OrderedDict[str, tuple[str, str, bool, Number | None]] = OrderedDict()
 
     # -- pickling: the worker pool stays behind -------------------------------------------
@@ -331,11 +336,13 @@ class MathVerifier:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
-        self._pid = os.getpid()
+        forget_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the sympy pool and the locks it inherited are its parent's."""
+        self._pool, self._lock, self._cache_lock = None, threading.Lock(), threading.Lock()
 
     def _get_pool(self):
-        if self._pid != os.getpid():  # a forked copy: the pool it inherited is its parent's
-            self._pool, self._lock, self._cache_lock, self._pid = None, threading.Lock(), threading.Lock(), os.getpid()
         with self._lock:
             if self._pool is None:
                 self._pool = isolated(
@@ -441,7 +448,7 @@ class MathVerifier:
 
     def __del__(self) -> None:
         try:
-            if self._pool is not None and self._pid == os.getpid():
+            if self._pool is not None:
                 self._pool.close()
         except Exception:  # noqa: BLE001, S110 -- at interpreter shutdown there is nothing left to report to
             pass
