@@ -39,6 +39,14 @@ __all__ = ["main", "parse_config"]
 
 DEFAULT_TRAINER = "grpo"
 
+# Exit codes (docs/reliability.md): 0 done; 2 a bad config or command line; 3 the generation
+# server stayed away; 4 a checkpoint or final/ could not be written (disk full, quota, I/O);
+# 5 too many bad steps in a row (NaN / inf); 75 stopped by SIGTERM / SIGINT at a checkpoint
+# (resume with --resume).
+EXIT_WRITE_FAILED = 4
+EXIT_BAD_STEPS = 5
+EXIT_PREEMPTED = 75
+
 
 def _parse_value(text: str) -> Any:
     import yaml
@@ -122,6 +130,13 @@ def parse_config(argv: list[str]) -> tuple[Any, str | None]:
         from_file = loaded.pop("trainer", None)
         loaded.pop("resolved", None)  # a run's config.json records what it chose; the fields decide again
         values.update(loaded)
+    if args.resume == "latest_valid":  # the newest checkpoint of the run directory that matches its checksums
+        from rlvr.trainers.run import latest_valid_checkpoint
+
+        run_dir = _overrides(rest).get("output_dir") or values.get("output_dir")
+        if not run_dir:
+            raise ConfigError("--resume latest_valid needs the run directory: add --output_dir RUN_DIR")
+        args.resume = str(latest_valid_checkpoint(run_dir))
     state = read_trainer_state(args.resume) if args.resume else None
     saved = state.get("trainer", DEFAULT_TRAINER) if state else None
     name = args.trainer or from_file or saved or DEFAULT_TRAINER
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RegistryError, FileNotFoundError, GenerationServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from rlvr.trainers.run import finish_processes
+    from rlvr.trainers.run import BadStepsError, CheckpointWriteError, Preempted, finish_processes
 
     start = time.perf_counter()
     try:
@@ -171,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     except GenerationServerError as exc:  # the server stayed away: the message says where the checkpoint is
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as exc:  # a full disk: one line, the partial write removed, metrics.jsonl kept
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    except BadStepsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_STEPS
+    except Preempted as exc:  # a checkpoint at the step boundary; the message says how to resume
+        print(str(exc), file=sys.stderr)
+        finish_processes()
+        return EXIT_PREEMPTED
     wall = time.perf_counter() - start
     if not trainer.is_main:  # with several processes, process 0 writes the run's files
         finish_processes()

@@ -175,9 +175,8 @@ class ORPOTrainer:
             sums["tokens"] += float(batch["attention_mask"].sum())
         t = dict(zip(sums, self.processes.sum(*sums.values())))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        grad_norm = run.clipped_step(params, self.optimizer, cfg.max_grad_norm, t["loss"])  # a NaN / inf: not applied
         metrics: dict[str, Any] = {"lr": self.scheduler.get_last_lr()[0]}
-        self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         n = float(cfg.batch_size)

@@ -228,7 +228,7 @@ class ReinforcePPTrainer:
                 stats["tokens"].append(float(mask.sum()))
                 stats["neg_logp"].append(float((-logp.detach() * mask).sum()))
             (total_loss,) = self.processes.sum(total_loss)
-            metrics["grad_norm"], metrics["lr"] = online.optimizer_step(self.model, self.optimizer, self.scheduler, cfg.max_grad_norm)
+            metrics["grad_norm"], metrics["lr"] = online.optimizer_step(self.model, self.optimizer, self.scheduler, cfg.max_grad_norm, total_loss)
             self.step += 1
             timing["train_time_s"] += time.perf_counter() - start
             metrics["loss"] = total_loss

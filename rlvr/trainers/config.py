@@ -97,6 +97,12 @@ class TrainConfig:
     """Save a resumable checkpoint every this many steps (0 = only at the end)."""
     save_final_model: bool = True
     """Save the trained model (merged if LoRA) and tokenizer to ``output_dir/final``."""
+    stall_timeout_s: float = 1800.0
+    """The watchdog: a phase of a step (the step, generation, reward, weight sync, a collective between processes) that runs longer than this, or than ``stall_factor`` x its running median, gets a stall report (the phase, the process, every thread's Python stack, in ``stall-RANK.txt``) and stops the run (exit code 6; resume from the last checkpoint). Also the process group's timeout. 0 = no watchdog."""
+    stall_factor: float = 10.0
+    """A phase that takes this many times its running median (after 5 of them; never under 60 s) is a stall (0 = only ``stall_timeout_s``)."""
+    max_bad_steps: int = 3
+    """A step whose loss or gradient norm is NaN / inf is skipped (weights and optimizer state untouched; ``skipped_step`` in its metrics line); after this many in a row the run stops, keeping its last checkpoint (0 = never stop)."""
     report_to: list[str] | str = "none"
     """Extra loggers: ``tensorboard``, ``wandb``, ``mlflow`` (a list or comma-separated); ``none`` = only metrics.jsonl."""
     progress_bar: bool = True
@@ -184,7 +190,7 @@ class TrainConfig:
             precision_override()  # RLVR_PRECISION, read before any model loads
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.check_non_negative("save_steps", "warmup_steps", "lora_r")
+        self.check_non_negative("save_steps", "warmup_steps", "lora_r", "max_bad_steps", "stall_timeout_s", "stall_factor")
         if self.learning_rate <= 0:
             self.fail("learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.max_grad_norm < 0:

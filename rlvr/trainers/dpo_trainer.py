@@ -326,9 +326,8 @@ class DPOTrainer:
             sums["tokens"] += float(batch["attention_mask"].sum())
         totals = dict(zip(sums, self.processes.sum(*sums.values())))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        grad_norm = run.clipped_step(params, self.optimizer, cfg.max_grad_norm, totals["loss"])  # a NaN / inf: not applied
         self.scheduler.step()
         self.step += 1
         n = float(cfg.batch_size)

@@ -332,7 +332,7 @@ class GRPOTrainer:
                 online.zero_missing_grads(self.model)  # AdamW moves on zero gradients, as if they were computed
             (total_loss,) = self.processes.sum(total_loss)  # each process's share of the step's loss
             metrics["grad_norm"], metrics["lr"] = online.optimizer_step(
-                self.model, self.optimizer, self.scheduler, cfg.max_grad_norm
+                self.model, self.optimizer, self.scheduler, cfg.max_grad_norm, total_loss
             )
             self.step += 1
             timing["train_time_s"] += time.perf_counter() - start

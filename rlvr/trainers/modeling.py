@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 from rlvr.generation import Generator, HFGenerator, bf16_is_fast
 from rlvr.precision import PrecisionChoice, machine_precision
 from rlvr.trainers.config import ConfigError, TrainConfig
-from rlvr.trainers.run import Processes, is_sharded
+from rlvr.trainers.run import Processes, is_sharded, write_error
 
 __all__ = [
     "Policy",
@@ -770,15 +771,28 @@ def save_policy(policy: Policy, path: str | os.PathLike, processes: Processes) -
     if policy.sharded:
         save_pretrained(policy.base(), path, processes, policy.tokenizer, policy_weights(policy, skip_tied=True))
         return
+    error: Exception | None = None
     if processes.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-        if policy.is_peft:
-            merged = copy.deepcopy(policy.model).merge_and_unload()
-            merged.save_pretrained(path, safe_serialization=True)
-        else:
-            policy.model.save_pretrained(path, safe_serialization=True)
-        policy.tokenizer.save_pretrained(path)
-    processes.barrier()
+        # written beside, then renamed: a write that fails (a full disk) leaves no half model
+        # under the final name, and its partial files are removed, giving the space back
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            if policy.is_peft:
+                merged = copy.deepcopy(policy.model).merge_and_unload()
+                merged.save_pretrained(tmp, safe_serialization=True)
+            else:
+                policy.model.save_pretrained(tmp, safe_serialization=True)
+            policy.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        except Exception as exc:  # noqa: BLE001 -- one line below, whatever the library called it
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = exc
+    if processes.sum(float(error is not None))[0]:
+        needed = sum(p.numel() * p.element_size() for p in policy.model.parameters())
+        raise write_error(path, error or OSError(0, "process 0 could not write it"), needed)
 
 
 # =======================================================================================

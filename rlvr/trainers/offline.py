@@ -340,7 +340,7 @@ def set_up(
     then encodes its data and calls :func:`finish_set_up`.
     """
     trainer.config = config
-    trainer.processes = processes = run.Processes()
+    trainer.processes = processes = run.Processes(config.stall_timeout_s)
     trainer.rank, trainer.world_size, trainer.is_main = processes.rank, processes.world_size, processes.is_main
     run.seed_everything(config.seed)
     trainer.reward, trainer.eval_tasks = eval_setup(config, env, reward, eval_tasks)

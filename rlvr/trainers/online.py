@@ -211,7 +211,7 @@ def set_up(
     the policy: a value head).
     """
     trainer.config = config
-    trainer.processes = processes = run.Processes()
+    trainer.processes = processes = run.Processes(config.stall_timeout_s)
     trainer.rank, trainer.world_size, trainer.is_main = processes.rank, processes.world_size, processes.is_main
     run.seed_everything(config.seed)
     trainer.data = prepare_tasks(config, processes, env, reward, train_tasks, eval_tasks, type(trainer).__name__)
@@ -613,16 +613,16 @@ def reference_logprobs(
 
 
 def optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float, loss: float | None = None
 ) -> tuple[float, float]:
     """Clip the gradients of ``model``'s trainable parameters (``max_grad_norm`` 0 = no clip),
-    step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
+    step the optimizer (not when the norm or ``loss`` is NaN / inf: :func:`run.clipped_step`)
+    and the schedule; returns ``(grad_norm, lr used)``."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
+    grad_norm = run.clipped_step(params, optimizer, max_grad_norm, loss)  # a NaN / inf: not applied
     scheduler.step()
-    return float(grad_norm), lr
+    return grad_norm, lr
 
 
 def importance_metrics(raw: Sequence[torch.Tensor], cap: float) -> dict[str, float]:
@@ -653,11 +653,12 @@ def end_step(trainer: Any, metrics: dict[str, Any], timing: dict[str, float]) ->
     failure = None
     async_rollouts = getattr(trainer, "async_rollouts", None)
     try:
-        if async_rollouts is not None and trainer.step < trainer.config.max_steps:
-            metrics["weight_sync_time_s"] = async_rollouts.publish(trainer.step)
-        else:
-            stop_async(trainer)
-            metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy, version=trainer.step)
+        with run.phase("weight sync"):
+            if async_rollouts is not None and trainer.step < trainer.config.max_steps:
+                metrics["weight_sync_time_s"] = async_rollouts.publish(trainer.step)
+            else:
+                stop_async(trainer)
+                metrics["weight_sync_time_s"] = rollouts.sync_generator(trainer.generator, trainer.policy, version=trainer.step)
     except GenerationServerUnavailable as exc:
         failure = exc
     metrics["step"] = trainer.step

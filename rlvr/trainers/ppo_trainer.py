@@ -592,10 +592,15 @@ class PPOTrainer:
                 sums["approx_kl"] += float((0.5 * (logp - old_logp) ** 2 * mask).sum())
                 sums["tokens"] += float(mask.sum())
         limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        sums["grad"] += float(torch.nn.utils.clip_grad_norm_(self.policy_params, limit))
-        sums["vgrad"] += float(torch.nn.utils.clip_grad_norm_(self.value_params, limit))
+        grad = float(torch.nn.utils.clip_grad_norm_(self.policy_params, limit))
+        vgrad = float(torch.nn.utils.clip_grad_norm_(self.value_params, limit))
+        sums["grad"] += grad
+        sums["vgrad"] += vgrad
         sums["steps"] += 1
-        self.optimizer.step()
+        if math.isfinite(grad) and math.isfinite(vgrad):
+            self.optimizer.step()
+        else:  # a NaN / inf gradient is not applied; the step's grad_norm says so (run.note_bad_step)
+            self.optimizer.zero_grad(set_to_none=True)
 
     # ----------------------------------------------------------------- saving / resuming
     def save_model(self, path: str | os.PathLike) -> None:

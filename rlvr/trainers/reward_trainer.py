@@ -193,7 +193,7 @@ class RewardTrainer:
         peft_config: Any = None,
     ) -> None:
         self.config = cfg = config
-        self.processes = run.Processes()
+        self.processes = run.Processes(config.stall_timeout_s)
         self.rank, self.world_size, self.is_main = self.processes.rank, self.processes.world_size, self.processes.is_main
         run.seed_everything(cfg.seed)
 
@@ -297,9 +297,8 @@ class RewardTrainer:
                 ], dtype=torch.float64)  # fmt: skip
         loss, correct, margin_sum, chosen_sum, rejected_sum, n, tokens = self.processes.sum(*totals.tolist())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        grad_norm = run.clipped_step(params, self.optimizer, cfg.max_grad_norm, loss)  # a NaN / inf: not applied
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         metrics = {

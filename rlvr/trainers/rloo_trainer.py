@@ -330,7 +330,7 @@ class RLOOTrainer:
                 online.zero_missing_grads(self.model)  # AdamW moves on zero gradients, as if they were computed
             (total_loss,) = self.processes.sum(total_loss)
             metrics["grad_norm"], metrics["lr"] = online.optimizer_step(
-                self.model, self.optimizer, self.scheduler, cfg.max_grad_norm
+                self.model, self.optimizer, self.scheduler, cfg.max_grad_norm, total_loss
             )
             self.step += 1
             timing["train_time_s"] += time.perf_counter() - start

@@ -42,6 +42,7 @@ from rlvr.generation import Generation, Generator, HFGenerator, SamplingConfig, 
 from rlvr.rewards import Outcome, Reward, Status
 from rlvr.trainers import modeling
 from rlvr.trainers.modeling import Policy, policy_state_dict, policy_weights, save_pretrained
+from rlvr.trainers.run import phase
 
 __all__ = [
     "BATCH_METRICS",
@@ -238,17 +239,20 @@ def generate_and_score(
             seed = sampling.seed + int(idx[0]) * num_generations
             chunk_sampling = SamplingConfig(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, seed)
             if env is not None and limits is not None:
-                gens: list[Generation] = list(run_episodes(generator, env, chunk_tasks, num_generations, chunk_sampling, limits, timing))
+                with phase("generation (episodes)"):
+                    gens: list[Generation] = list(run_episodes(generator, env, chunk_tasks, num_generations, chunk_sampling, limits, timing))
             else:
                 start = time.perf_counter()
-                gens = generator.generate([t.prompt for t in chunk_tasks], num_generations, chunk_sampling)
+                with phase("generation"):
+                    gens = generator.generate([t.prompt for t in chunk_tasks], num_generations, chunk_sampling)
                 timing["generation_time_s"] += time.perf_counter() - start
                 timing["generated_tokens"] += sum(len(g.completion_ids) for g in gens)
             pending.append((chunk_tasks, gens, pool.submit(score_generations, reward, chunk_tasks, gens)))
         wait_start = time.perf_counter()
         out = []
         for chunk_tasks, gens, fut in pending:
-            outcomes, elapsed = fut.result()
+            with phase("reward"):
+                outcomes, elapsed = fut.result()
             timing["reward_compute_s"] += elapsed
             out.extend(Rollout(chunk_tasks[g.prompt_index], g, o) for g, o in zip(gens, outcomes))
         timing["reward_time_s"] += time.perf_counter() - wait_start  # time the step waited on rewards

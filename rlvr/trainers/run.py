@@ -25,9 +25,11 @@ Reading a checkpoint's ``trainer_state.json`` (:func:`read_trainer_state`) impor
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,11 +86,18 @@ class Processes:
     runs several CPU processes, over gloo).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
         import torch
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        handlers = []
+        if timeout_s:  # a collective that waits longer than this fails (naming the rank) instead of hanging forever
+            from datetime import timedelta
+
+            from accelerate.utils import InitProcessGroupKwargs
+
+            handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=float(timeout_s))))
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
         self.rank: int = self.accelerator.process_index
         self.world_size: int = self.accelerator.num_processes
         self.is_main: bool = self.accelerator.is_main_process
@@ -100,7 +109,8 @@ class Processes:
             return obj
         from accelerate.utils import broadcast_object_list
 
-        return broadcast_object_list([obj], from_process=0)[0]
+        with phase("collective: broadcast"):
+            return broadcast_object_list([obj], from_process=0)[0]
 
     def gather(self, items: list[Any]) -> list[Any]:
         """Every process's list, concatenated in process order (the list itself with one process)."""
@@ -108,7 +118,8 @@ class Processes:
             return items
         from accelerate.utils import gather_object
 
-        return gather_object(items)
+        with phase("collective: gather"):
+            return gather_object(items)
 
     def sum(self, *values: float) -> list[float]:
         """Sums over the processes (the values themselves with one process)."""
@@ -117,12 +128,14 @@ class Processes:
         import torch
 
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        return self.accelerator.reduce(t, reduction="sum").tolist()
+        with phase("collective: sum"):
+            return self.accelerator.reduce(t, reduction="sum").tolist()
 
     def barrier(self) -> None:
         """Wait for every process."""
         if self.world_size > 1:
-            self.accelerator.wait_for_everyone()
+            with phase("collective: barrier"):
+                self.accelerator.wait_for_everyone()
 
     def shard(self, n: int) -> list[int]:
         """This process's indices of ``range(n)``: ``rank, rank + world_size, ...``."""
@@ -235,11 +248,25 @@ def run_training(trainer: Any, resolved: dict[str, Any] | None = None, has_eval:
         summary["before"] = trainer.evaluate()
         if processes.is_main:
             write_json(trainer.output_dir / "eval.json", summary)
+    if processes.is_main and getattr(cfg, "save_steps", 0) and getattr(trainer, "model", None) is not None:
+        warning = check_free_space(trainer.output_dir, checkpoint_bytes(trainer.model, getattr(trainer, "optimizer", None)))
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     trainer.log.open(trainer.step)
+    global _WATCHDOG
+    timeout = getattr(cfg, "stall_timeout_s", 0)
+    _WATCHDOG = Watchdog(timeout, getattr(cfg, "stall_factor", 0), trainer.output_dir, processes.rank).start() if timeout else None
     try:
-        while trainer.step < cfg.max_steps:
-            trainer.training_step()
+        with StopSignals() as signals:
+            while trainer.step < cfg.max_steps:
+                with phase("step"):
+                    trainer.training_step()
+                if signals.agreed(processes) and trainer.step < cfg.max_steps:
+                    stop_at_boundary(trainer, signals.name)
     finally:
+        if _WATCHDOG is not None:
+            _WATCHDOG.stop()
+        _WATCHDOG = None
         trainer.log.close()
     if has_eval and cfg.eval_after:
         summary["after"] = trainer.evaluate()
@@ -251,6 +278,198 @@ def run_training(trainer: Any, resolved: dict[str, Any] | None = None, has_eval:
     return summary
 
 
+EXIT_STALLED = 6
+"""The exit code of a run the watchdog stopped (a phase past its limit)."""
+
+
+class Watchdog:
+    """Watches the phases a step goes through (the step, generation, reward, weight sync, each
+    collective); one that runs past ``timeout_s``, or past ``factor`` x its running median
+    (after 5 of them, and at least ``min_s``), gets a stall report -- which phase, which
+    process, how long, and every thread's Python stack (``faulthandler``) -- on stderr and in
+    ``RUN_DIR/stall-RANK.txt``; then the process exits with :data:`EXIT_STALLED` instead of
+    hanging forever. The run resumes from its last checkpoint (``--resume``).
+
+    One per process, active while :func:`run_training` runs; code anywhere marks a phase with
+    :func:`phase`.
+    """
+
+    def __init__(self, timeout_s: float, factor: float, run_dir: Path, rank: int, min_s: float = 60.0) -> None:
+        import threading
+
+        self.timeout_s = float(timeout_s)
+        self.factor = float(factor)
+        self.min_s = float(min_s)
+        self.run_dir = run_dir
+        self.rank = rank
+        self._stacks: dict[int, list[tuple[str, float]]] = {}  # per thread: async rollouts enter phases in their own
+        self._history: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="rlvr-watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def limit(self, name: str) -> float:
+        """The seconds phase ``name`` may take now."""
+        history = self._history.get(name, [])
+        if len(history) < 5 or self.factor <= 0:
+            return self.timeout_s
+        recent = sorted(history[-50:])
+        return min(self.timeout_s, max(self.min_s, self.factor * recent[len(recent) // 2]))
+
+    def enter(self, name: str) -> None:
+        import threading
+
+        with self._lock:
+            self._stacks.setdefault(threading.get_ident(), []).append((name, time.monotonic()))
+
+    def leave(self) -> None:
+        import threading
+
+        with self._lock:
+            name, start = self._stacks[threading.get_ident()].pop()
+            self._history.setdefault(name, []).append(time.monotonic() - start)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                now = time.monotonic()
+                for stack in self._stacks.values():
+                    late = [(n, now - t, self.limit(n)) for n, t in stack if now - t > self.limit(n)]
+                    if late:
+                        self._report(late[0], [(n, now - t) for n, t in stack])
+
+    def _report(self, late: tuple[str, float, float], open_phases: list[tuple[str, float]]) -> None:
+        import faulthandler
+
+        name, elapsed, limit = late
+        stuck, stuck_for = open_phases[-1]  # the innermost phase open: where it waits
+        where = " > ".join(f"{n} ({t:.0f} s)" for n, t in open_phases)
+        head = (
+            f"stall: process {self.rank} is stuck in phase {stuck!r} ({stuck_for:.0f} s); phase {name!r} ran past its limit "
+            f"of {limit:.0f} s (stall_timeout_s {self.timeout_s:g}, or stall_factor {self.factor:g} x its median): {where}. "
+            f"Stopping the run; resume it from its last checkpoint with: python -m rlvr.train --resume {self.run_dir}"
+        )
+        report = self.run_dir / f"stall-{self.rank}.txt"
+        try:
+            with open(report, "w") as f:
+                f.write(head + "\n\nPython stacks of every thread:\n")
+                f.flush()
+                faulthandler.dump_traceback(file=f, all_threads=True)
+        except OSError:
+            report = None
+        print(head + (f" Stacks: {report}" if report else ""), file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STALLED)
+
+
+_WATCHDOG: Watchdog | None = None
+
+
+class phase:  # noqa: N801 -- used as a context manager, like a function
+    """``with phase("generation"): ...``: the active :class:`Watchdog` watches this phase (a no-op when none is)."""
+
+    __slots__ = ("name", "watchdog")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.watchdog = _WATCHDOG
+
+    def __enter__(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.enter(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.watchdog is not None:
+            self.watchdog.leave()
+
+
+class Preempted(RuntimeError):
+    """The run stopped at a step boundary on SIGTERM / SIGINT, with a checkpoint there."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (Slurm, Kubernetes, a spot instance, Ctrl-C) ask the run to stop at
+    the end of the step in progress; a second one exits at once with the signal's default.
+
+    Installed only where signal handlers can be (the main thread); the previous handlers come
+    back on exit. :meth:`agreed` is every process's answer to "did any of us get one?", so
+    all of them stop at the same step.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.name is not None:  # the second signal: stop now, as it would have without us
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous)
+            if callable(previous):  # Python's own SIGINT handler: KeyboardInterrupt
+                previous(signum, frame)
+            else:
+                os.kill(os.getpid(), signum)
+            return
+        self.name = signal.Signals(signum).name
+        print(f"{self.name} received: stopping after this step, with a checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def agreed(self, processes: Processes) -> bool:
+        """Whether any process got a stop signal (a collective with several processes)."""
+        mine = float(self.name is not None)
+        if processes.world_size == 1:
+            return bool(mine)
+        got = processes.sum(mine)[0] > 0
+        if got and self.name is None:
+            self.name = "a stop signal on another process"
+        return got
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_at_boundary(trainer: Any, why: str | None) -> None:
+    """Write a checkpoint at this step boundary (unless this step's was just written) and raise
+    :class:`Preempted` with the command that resumes."""
+    checkpoint = trainer.output_dir / f"checkpoint-{trainer.step}"
+    if not (checkpoint / "trainer_state.json").exists():
+        trainer.save_checkpoint()
+    raise Preempted(
+        f"stopped by {why} after step {trainer.step}; checkpoint {checkpoint}. Resume with: python -m rlvr.train --resume {trainer.output_dir}",
+        trainer.step,
+        checkpoint,
+    )
+
+
 def log_step(trainer: Any, metrics: dict[str, Any]) -> None:
     """Write the step's metrics line, then a checkpoint when ``save_steps`` says so (every
     ``save_steps`` steps, and at ``max_steps``). ``trainer`` provides ``config``, ``step``, ``log``
@@ -260,9 +479,53 @@ def log_step(trainer: Any, metrics: dict[str, Any]) -> None:
     mfu = model_flops_utilization(getattr(trainer, "policy", None), metrics, world)
     if mfu is not None:
         metrics["mfu"] = mfu
+    note_bad_step(trainer, metrics)
     trainer.log.log(metrics, trainer.step)
     if checkpoint_due(trainer.config, trainer.step):
         trainer.save_checkpoint()
+
+
+class BadStepsError(RuntimeError):
+    """``max_bad_steps`` steps in a row had a NaN or inf loss or gradient norm."""
+
+
+def clipped_step(
+    params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float, loss: float | None = None
+) -> float:
+    """Clip ``params``' gradients (``max_grad_norm`` 0 = no clip) and step ``optimizer`` -- only
+    when the norm (and the step's ``loss``, when given) is finite: a NaN or inf leaves the
+    weights and the optimizer's state as they were (the gradients are dropped). Returns the
+    norm (:func:`log_step` sees a NaN / inf loss or norm, marks the step skipped and counts)."""
+    import torch
+
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
+    if math.isfinite(norm) and (loss is None or math.isfinite(loss)):
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def note_bad_step(trainer: Any, metrics: dict[str, Any]) -> None:
+    """Mark a step whose loss or gradient norm is NaN / inf (``skipped_step``: ``"nan"`` or
+    ``"inf"``; :func:`clipped_step` did not apply it) and count the bad steps in a row; at the
+    config's ``max_bad_steps`` raise :class:`BadStepsError` naming the likely causes."""
+    values = [metrics.get(k) for k in ("loss", "grad_norm")]
+    bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        trainer.bad_steps = 0
+        return
+    metrics["skipped_step"] = "nan" if any(math.isnan(v) for v in bad) else "inf"
+    trainer.bad_steps = getattr(trainer, "bad_steps", 0) + 1
+    limit = getattr(trainer.config, "max_bad_steps", 0)
+    if limit and trainer.bad_steps >= limit:
+        trainer.log.log(metrics, trainer.step)
+        raise BadStepsError(
+            f"{trainer.bad_steps} steps in a row (up to step {trainer.step}) had a {metrics['skipped_step']} loss or gradient "
+            "norm and were skipped; the weights are those of the last good step and the last checkpoint is kept. Likely "
+            "causes: a learning rate too high (lower --learning_rate), low precision overflowing (--bf16 false), or a "
+            "reward or data row out of range. Fix it and resume from the last checkpoint with --resume"
+        )
 
 
 def model_flops_utilization(policy: Any, metrics: dict[str, Any], world_size: int) -> float | None:
@@ -443,6 +706,111 @@ def _rank_file(stem: str, rank: int, ext: str) -> str:
     return f"{stem}.{ext}" if rank == 0 else f"{stem}-{rank}.{ext}"
 
 
+CHECKSUMS = "checksums.json"
+"""Each checkpoint file's size and SHA-256, written last: a checkpoint without it never finished."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or ``final/`` that could not be written (disk full, quota, I/O error); its
+    temporary directory is gone and the message is one line that says what to do."""
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """About how many bytes a checkpoint of ``model`` (its trainable parameters) and AdamW's
+    two moments takes on disk: this process's share for a sharded model."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    moments = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad) if optimizer is not None else 0
+    return int(params + moments)
+
+
+def check_free_space(directory: Path, needed: int, what: str = "a checkpoint") -> str | None:
+    """A warning when ``directory``'s filesystem has less than ``needed`` bytes free (None when it has enough)."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return f"warning: {what} needs about {_gib(needed)} and {probe} has {_gib(free)} free; the write will fail unless space is freed"
+
+
+def write_error(path: Path, exc: BaseException, needed: int) -> CheckpointWriteError:
+    """The one-line :class:`CheckpointWriteError` for a failed write of ``path``: why, the bytes
+    it needed, the free space found after the partial write was removed, and what to do."""
+    import errno
+
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free_bytes: int | None = shutil.disk_usage(probe).free
+    except OSError:
+        free_bytes = None
+    if isinstance(exc, OSError) and exc.errno:
+        why = f"{errno.errorcode.get(exc.errno, 'error')}: {exc.strerror or exc}"
+    else:  # torch.save and safetensors report a full disk in their own words
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+    free = _gib(free_bytes) if free_bytes is not None else "an unknown amount"
+    return CheckpointWriteError(
+        f"could not write {path} ({why}); it needs about {_gib(needed)} and {probe} has {free} free after the partial "
+        "write was removed. Free space (or set output_dir on a bigger disk) and resume from the last complete checkpoint "
+        "with --resume"
+    )
+
+
+def write_checksums(directory: Path) -> None:
+    """Record every file's size and SHA-256 in ``directory/checksums.json`` (each file synced to disk first)."""
+    import hashlib
+
+    sums: dict[str, list[Any]] = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+            os.fsync(f.fileno())
+        sums[str(file.relative_to(directory))] = [file.stat().st_size, digest.hexdigest()]
+    target = directory / CHECKSUMS
+    with open(target, "w") as f:
+        json.dump(sums, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def damaged_files(directory: Path) -> list[str]:
+    """The files of a checkpoint that do not match its ``checksums.json`` (missing, another
+    size, another hash): ``[]`` for a sound checkpoint, and for one written before checksums were."""
+    import hashlib
+
+    index = directory / CHECKSUMS
+    if not index.exists():
+        return []
+    try:
+        sums = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return [CHECKSUMS]
+    bad = []
+    for name, (size, want) in sums.items():
+        file = directory / name
+        if not file.is_file() or file.stat().st_size != size:
+            bad.append(name)
+            continue
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != want:
+            bad.append(name)
+    return bad
+
+
 def save_checkpoint(
     path: Path,
     processes: Processes,
@@ -453,7 +821,7 @@ def save_checkpoint(
     data: dict[str, Any],
     objects: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a resumable checkpoint atomically (``path.tmp`` then renamed).
+    """Write a resumable checkpoint atomically (``path.tmp``, checksummed, then renamed).
 
     ``model``'s trainable parameters, the optimizer and scheduler, and ``state`` (step,
     config, trainer name: ``trainer_state.json``) come from process 0 -- or, for a sharded
@@ -461,11 +829,49 @@ def save_checkpoint(
     shards under ``sharded/`` with ``torch.distributed.checkpoint`` (no process gathers the model); every process adds its
     own RNG states, ``data`` (its data order) and ``objects`` (name -> anything picklable, e.g.
     the rollouts in flight: :func:`load_checkpoint_object` reads them back). Every process calls this.
+
+    ``checksums.json`` (each file's size and SHA-256) is written last, after every file is
+    synced to disk. A write that fails on any process (a full disk, a quota, an I/O error)
+    removes the temporary directory -- nothing half-written stays under a final name -- and
+    raises :class:`CheckpointWriteError` on every process.
     """
+    tmp = path.with_name(path.name + ".tmp")
+    needed = checkpoint_bytes(model, optimizer)
+    error: Exception | None = None
+    try:
+        _write_checkpoint_files(tmp, processes, model, optimizer, scheduler, state, data, objects)
+    except Exception as exc:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError; each becomes one line below
+        error = exc
+    failed = processes.sum(float(error is not None))[0]
+    if not failed and processes.is_main:
+        try:
+            write_checksums(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            error = exc
+    failed = processes.sum(float(error is not None))[0]
+    if failed:
+        if processes.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        processes.barrier()
+        raise write_error(path, error or OSError(0, "another process could not write its part"), needed)
+    return path
+
+
+def _write_checkpoint_files(
+    tmp: Path,
+    processes: Processes,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    data: dict[str, Any],
+    objects: dict[str, Any] | None,
+) -> None:
     import torch
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
     if processes.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -498,10 +904,6 @@ def save_checkpoint(
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         full = {**state, "data": data, "world_size": processes.world_size, "sharded": sharded}
         (tmp / "trainer_state.json").write_text(json.dumps(full, indent=2, default=str))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    processes.barrier()
-    return path
 
 
 def checkpoint_trainer(
@@ -545,6 +947,16 @@ def resume_trainer(trainer: Any, path: str | os.PathLike, model: torch.nn.Module
     return data
 
 
+def _number(p: Path) -> int:
+    tail = p.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's complete ``checkpoint-N`` directories, oldest first."""
+    return [p for p in sorted(Path(run_dir).glob("checkpoint-*"), key=_number) if p.is_dir() and (p / "trainer_state.json").exists()]
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """``path`` itself if it is a checkpoint, else its latest ``checkpoint-N`` subdirectory."""
     path = Path(path)
@@ -552,15 +964,35 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         return path
     if not path.is_dir():
         raise ConfigError(f"--resume {path}: no such directory; pass a run directory or one of its checkpoint-N directories")
-
-    def number(p: Path) -> int:
-        tail = p.name.rsplit("-", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
-    found = [p for p in sorted(path.glob("checkpoint-*"), key=number) if (p / "trainer_state.json").exists()]
+    found = checkpoints_in(path)
     if not found:
         raise ConfigError(f"no checkpoint in {path}: pass a checkpoint-N directory or a run directory saved with save_steps > 0")
     return found[-1]
+
+
+def latest_valid_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The newest checkpoint of ``run_dir`` whose files match their checksums (``--resume latest_valid``)."""
+    for checkpoint in reversed(checkpoints_in(run_dir)):
+        if not damaged_files(checkpoint):
+            return checkpoint
+    raise ConfigError(f"no checkpoint in {run_dir} matches its checksums: there is nothing sound to resume from")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise ``ConfigError`` when a checkpoint's files do not match its checksums, naming the
+    bad files and the previous sound checkpoint to resume from instead."""
+    bad = damaged_files(path)
+    if not bad:
+        return
+    older = [p for p in checkpoints_in(path.parent) if _number(p) < _number(path) and not damaged_files(p)]
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    offer = (
+        f"the previous sound checkpoint is {older[-1]}: resume from it with --resume {older[-1]} "
+        f"(or --resume latest_valid --output_dir {path.parent})"
+        if older
+        else "no earlier checkpoint of this run is sound: start the run again"
+    )
+    raise ConfigError(f"checkpoint {path} is damaged: {shown} do(es) not match its {CHECKSUMS} (truncated or corrupted); nothing was loaded. {offer}")
 
 
 def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -590,6 +1022,7 @@ def load_checkpoint(
     import torch
 
     path = find_checkpoint(path)
+    check_checkpoint(path)
     state = json.loads((path / "trainer_state.json").read_text())
     saved_trainer = state.get("trainer", trainer)
     if trainer is not None and saved_trainer != trainer:
