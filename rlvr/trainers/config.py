@@ -100,7 +100,7 @@ class TrainConfig:
     stall_timeout_s: float = 1800.0
     """The watchdog: a phase of a step (the step, generation, reward, weight sync, a collective between processes) that runs longer than this, or than ``stall_factor`` x its running median, gets a stall report (the phase, the process, every thread's Python stack, in ``stall-RANK.txt``) and stops the run (exit code 6; resume from the last checkpoint). Also the process group's timeout. 0 = no watchdog."""
     stall_factor: float = 10.0
-    """A phase that takes this many times its running median (after 5 of them; never under 60 s) is a stall (0 = only ``stall_timeout_s``)."""
+    """Generation, reward or weight sync taking this many times its running median (after 5 of them; never under 60 s) is a stall (0 = only ``stall_timeout_s``). A whole step (which may write a checkpoint) and a collective (which waits on the other processes) get ``stall_timeout_s`` only."""
     max_bad_steps: int = 3
     """A step whose loss or gradient norm is NaN / inf is skipped (weights and optimizer state untouched; ``skipped_step`` in its metrics line); after this many in a row the run stops, keeping its last checkpoint (0 = never stop)."""
     report_to: list[str] | str = "none"

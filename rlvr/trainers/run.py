@@ -284,8 +284,9 @@ EXIT_STALLED = 6
 
 class Watchdog:
     """Watches the phases a step goes through (the step, generation, reward, weight sync, each
-    collective); one that runs past ``timeout_s``, or past ``factor`` x its running median
-    (after 5 of them, and at least ``min_s``), gets a stall report -- which phase, which
+    collective); one that runs past ``timeout_s``, or -- generation, reward and weight sync,
+    whose length is steady -- past ``factor`` x its running median (after 5 of them, and at
+    least ``min_s``), gets a stall report -- which phase, which
     process, how long, and every thread's Python stack (``faulthandler``) -- on stderr and in
     ``RUN_DIR/stall-RANK.txt``; then the process exits with :data:`EXIT_STALLED` instead of
     hanging forever. The run resumes from its last checkpoint (``--resume``).
@@ -315,10 +316,15 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
+    # Phases whose length is steady enough for the median rule. A step may hold a checkpoint
+    # write, and a collective waits on what the other processes do (a checkpoint, an
+    # evaluation): those get the absolute limit only.
+    MEDIAN_PHASES = ("generation", "generation (episodes)", "reward", "weight sync")
+
     def limit(self, name: str) -> float:
         """The seconds phase ``name`` may take now."""
         history = self._history.get(name, [])
-        if len(history) < 5 or self.factor <= 0:
+        if len(history) < 5 or self.factor <= 0 or name not in self.MEDIAN_PHASES:
             return self.timeout_s
         recent = sorted(history[-50:])
         return min(self.timeout_s, max(self.min_s, self.factor * recent[len(recent) // 2]))
