@@ -159,15 +159,7 @@ def remote_path(rows):
     server = subprocess.Popen([sys.executable, "-m", "rlvr", "serve", "--reward", "math", "--port", str(port)], cwd=ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         remote = RemoteReward(f"http://127.0.0.1:{port}", reward="math")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                remote.health()
-                break
-            except ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not come up") from None
-                time.sleep(0.2)
+        remote.wait_ready(process=server)
         outs = remote.score([Sample("", r["completion"], r["reference"]) for r in rows])
         return [None if o.status is not Status.OK else o.score == 1.0 for o in outs]
     finally:

@@ -97,16 +97,11 @@ def main() -> int:
     server = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
     try:
         remote = RemoteReward(f"http://127.0.0.1:{port}", reward="math", max_batch=args.batch)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                remote.health()
-                break
-            except ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("the server did not come up", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+        try:
+            remote.wait_ready(process=server)
+        except ConnectionError as exc:
+            print(f"the server did not come up: {exc}", file=sys.stderr)
+            return 1
         # warm-up, outside the clock: worker start-up, sympy's first-use caches
         local.warmup()
         _, want = run_batches(local, samples, args.batch)

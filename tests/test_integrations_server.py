@@ -254,6 +254,14 @@ def test_remote_reward_against_no_server_is_an_error_outcome():
     assert out.status is Status.ERROR and "unreachable" in out.reason
     with pytest.raises(ConnectionError, match="python -m rlvr serve"):
         remote.health()
+    start = time.monotonic()
+    with pytest.raises(ConnectionError):
+        remote.wait_ready(timeout_s=0.5)
+    assert 0.5 <= time.monotonic() - start < 5
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(ConnectionError, match="exited with code 0"):
+        remote.wait_ready(timeout_s=60, process=gone)  # a server that died is not waited for
 
 
 # -- the wire keeps what a sample is; bad input is a 4xx; /health tells what is in force --------
@@ -355,6 +363,10 @@ def test_remote_is_a_registered_verifier_for_rlvr_trainers():
     assert isinstance(reward, RemoteReward) and reward.name == "math"
     _, reward = online.environment_and_reward(GRPOConfig(env="gsm8k", verifier="remote", verifier_kwargs={"url": "http://127.0.0.1:9"}))
     assert isinstance(reward, RemoteReward)
+    from rlvr.trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match="http:// or https://"):  # a bad value is a config error, not a traceback
+        online.environment_and_reward(GRPOConfig(env="gsm8k", verifier="remote", verifier_kwargs={"url": "ftp://x"}))
 
 
 class ServerThatDies:

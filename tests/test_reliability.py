@@ -147,6 +147,8 @@ def test_a_damaged_checkpoint_is_named_and_latest_valid_resumes_from_the_one_bef
     data[len(data) // 2] ^= 0xFF  # one flipped byte: the same size, another hash
     flipped.write_bytes(bytes(data))
     assert run.damaged_files(out / "checkpoint-1") == ["rng.pt"]
+    (out / "checkpoint-1" / run.CHECKSUMS).write_text('{"rng.pt": 5}')  # hand-edited out of shape: bad, not a crash
+    assert run.damaged_files(out / "checkpoint-1") == [run.CHECKSUMS]
 
 
 class NaNAt:
@@ -248,14 +250,8 @@ def test_a_stalled_reward_server_stops_the_run_resumably(tiny, tmp_path):
     try:
         from rlvr.integrations.remote import RemoteReward
 
-        remote, deadline = RemoteReward(f"http://127.0.0.1:{port}"), time.monotonic() + 90
-        while True:
-            try:
-                remote.health()
-                break
-            except ConnectionError:
-                assert server.poll() is None and time.monotonic() < deadline, "the reward server did not come up"
-                time.sleep(0.2)
+        deadline = time.monotonic() + 90
+        RemoteReward(f"http://127.0.0.1:{port}").wait_ready(90, process=server)
         out = tmp_path / "run"
         remote_kwargs = json.dumps({"url": f"http://127.0.0.1:{port}"})
         extra = ("--verifier", "remote", "--verifier_kwargs", remote_kwargs, "--stall_timeout_s", "6", "--save_steps", "1")

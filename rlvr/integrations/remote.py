@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,6 +106,21 @@ class RemoteReward:
             return json.loads(data)
         except (OSError, http.client.HTTPException, ValueError, RecursionError) as exc:
             raise ConnectionError(f"reward server at {self.url} is not answering ({exc}); start it with `python -m rlvr serve`") from exc
+
+    def wait_ready(self, timeout_s: float = 120.0, process: Any = None) -> dict[str, Any]:
+        """``/health`` once the server answers, polling for up to ``timeout_s`` seconds (a server
+        just started loads its reward first). Raises ``ConnectionError`` past the deadline, or
+        as soon as ``process`` (the server's ``Popen``, when this process started it) has exited."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.health()
+            except ConnectionError:
+                if process is not None and process.poll() is not None:
+                    raise ConnectionError(f"the reward server for {self.url} exited with code {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
         """Score on the server, ``max_batch`` samples per request."""

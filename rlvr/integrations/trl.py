@@ -207,6 +207,15 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _takes(fn: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``keyword``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass what TRL passes
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == keyword and p.kind is not p.POSITIONAL_ONLY) for p in params)
+
+
 class FromRewardFunc:
     """A TRL-style reward function as an rlvr Reward. Build it with :func:`from_reward_func`."""
 
@@ -226,6 +235,9 @@ class FromRewardFunc:
         self.conversational = conversational
         self.tokenizer = tokenizer
         self.trainer_state = TrainerStateView()
+        # the keywords TRL adds that the function takes (TRL's own functions take **kwargs; a
+        # plain function written for rlvr without them keeps working): read once, not per call
+        self._extras = tuple(k for k in ("trainer_state", "log_extra", "log_metric") if _takes(fn, k))
 
     def _call(self, samples: Sequence[Sample]) -> tuple[list[Any], list[dict[str, Any]]]:
         """Call the function as TRL's ``_calculate_rewards`` does; the values and, per row,
@@ -255,7 +267,7 @@ class FromRewardFunc:
                     row[str(column)] = value
 
         extras = {"trainer_state": self.trainer_state, "log_extra": log_extra, "log_metric": log_metric}
-        columns.update({k: v for k, v in extras.items() if self._takes(k)})
+        columns.update({k: extras[k] for k in self._extras})
         values = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
         if inspect.isawaitable(values):  # TRL awaits an async reward function; so does rlvr
             values = _run_awaitable(values)
@@ -268,15 +280,6 @@ class FromRewardFunc:
                 "a TRL reward function returns a list with one float or None per completion"
             )
         return list(values), logged
-
-    def _takes(self, keyword: str) -> bool:
-        """Whether the function accepts ``keyword`` (TRL's own functions take ``**kwargs``; a
-        plain function written for rlvr without them keeps working)."""
-        try:
-            params = inspect.signature(self.fn).parameters.values()
-        except (TypeError, ValueError):  # a builtin without a signature: pass what TRL passes
-            return True
-        return any(p.kind is p.VAR_KEYWORD or (p.name == keyword and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
     def score(self, samples: Sequence[Sample]) -> list[Outcome]:
         """Call the function on the batch (one row at a time if the batch raises); a row

@@ -137,7 +137,7 @@ def environment_and_reward(config: OnlineConfig) -> tuple[Environment, Reward | 
         raise ConfigError(f"{type(config).__name__}.verifier_kwargs: given without a verifier; name one with --verifier")
     try:
         reward = load_verifier(config.verifier, **config.verifier_kwargs) if config.verifier else None
-    except TypeError as exc:  # an option the verifier does not take
+    except (TypeError, ValueError) as exc:  # an option the verifier does not take, or a value it refuses
         raise ConfigError(
             f"{type(config).__name__}.verifier_kwargs: {config.verifier_kwargs} do not fit verifier {config.verifier!r} ({exc})"
         ) from None

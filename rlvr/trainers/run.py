@@ -347,9 +347,10 @@ class Watchdog:
             with self._lock:
                 now = time.monotonic()
                 for stack in self._stacks.values():
-                    late = [(n, now - t, self.limit(n)) for n, t in stack if now - t > self.limit(n)]
+                    limits = [(n, now - t, self.limit(n)) for n, t in stack]
+                    late = [entry for entry in limits if entry[1] > entry[2]]
                     if late:
-                        self._report(late[0], [(n, now - t) for n, t in stack])
+                        self._report(late[0], [(n, elapsed) for n, elapsed, _ in limits])
 
     def _report(self, late: tuple[str, float, float], open_phases: list[tuple[str, float]]) -> None:
         import faulthandler
@@ -733,16 +734,21 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | 
     return int(params + moments)
 
 
-def check_free_space(directory: Path, needed: int, what: str = "a checkpoint") -> str | None:
-    """A warning when ``directory``'s filesystem has less than ``needed`` bytes free (None when it has enough)."""
-    probe = directory
+def _free_space(path: Path) -> tuple[Path, int | None]:
+    """The nearest existing directory at or above ``path``, and its filesystem's free bytes (None if unknown)."""
+    probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = shutil.disk_usage(probe).free
+        return probe, shutil.disk_usage(probe).free
     except OSError:
-        return None
-    if free >= needed:
+        return probe, None
+
+
+def check_free_space(directory: Path, needed: int, what: str = "a checkpoint") -> str | None:
+    """A warning when ``directory``'s filesystem has less than ``needed`` bytes free (None when it has enough)."""
+    probe, free = _free_space(directory)
+    if free is None or free >= needed:
         return None
     return f"warning: {what} needs about {_gib(needed)} and {probe} has {_gib(free)} free; the write will fail unless space is freed"
 
@@ -752,13 +758,7 @@ def write_error(path: Path, exc: BaseException, needed: int) -> CheckpointWriteE
     it needed, the free space found after the partial write was removed, and what to do."""
     import errno
 
-    probe = path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free_bytes: int | None = shutil.disk_usage(probe).free
-    except OSError:
-        free_bytes = None
+    probe, free_bytes = _free_space(path.parent)
     if isinstance(exc, OSError) and exc.errno:
         why = f"{errno.errorcode.get(exc.errno, 'error')}: {exc.strerror or exc}"
     else:  # torch.save and safetensors report a full disk in their own words
@@ -771,18 +771,24 @@ def write_error(path: Path, exc: BaseException, needed: int) -> CheckpointWriteE
     )
 
 
-def write_checksums(directory: Path) -> None:
-    """Record every file's size and SHA-256 in ``directory/checksums.json`` (each file synced to disk first)."""
+def _sha256(file: Path, sync: bool = False) -> str:
+    """``file``'s SHA-256, read in 4 MiB blocks; with ``sync``, the file is synced to disk too."""
     import hashlib
 
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+        if sync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record every file's size and SHA-256 in ``directory/checksums.json`` (each file synced to disk first)."""
     sums: dict[str, list[Any]] = {}
     for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS):
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-            os.fsync(f.fileno())
-        sums[str(file.relative_to(directory))] = [file.stat().st_size, digest.hexdigest()]
+        sums[str(file.relative_to(directory))] = [file.stat().st_size, _sha256(file, sync=True)]
     target = directory / CHECKSUMS
     with open(target, "w") as f:
         json.dump(sums, f, indent=1)
@@ -793,26 +799,17 @@ def write_checksums(directory: Path) -> None:
 def damaged_files(directory: Path) -> list[str]:
     """The files of a checkpoint that do not match its ``checksums.json`` (missing, another
     size, another hash): ``[]`` for a sound checkpoint, and for one written before checksums were."""
-    import hashlib
-
     index = directory / CHECKSUMS
     if not index.exists():
         return []
     try:
-        sums = json.loads(index.read_text())
-    except (OSError, ValueError):
+        sums = {str(name): (int(size), str(want)) for name, (size, want) in json.loads(index.read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError):  # cut short or hand-edited out of shape
         return [CHECKSUMS]
     bad = []
     for name, (size, want) in sums.items():
         file = directory / name
-        if not file.is_file() or file.stat().st_size != size:
-            bad.append(name)
-            continue
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        if digest.hexdigest() != want:
+        if not file.is_file() or file.stat().st_size != size or _sha256(file) != want:
             bad.append(name)
     return bad
 
@@ -978,7 +975,10 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 def latest_valid_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The newest checkpoint of ``run_dir`` whose files match their checksums (``--resume latest_valid``)."""
-    for checkpoint in reversed(checkpoints_in(run_dir)):
+    found = checkpoints_in(run_dir)
+    if not found:
+        raise ConfigError(f"no checkpoint in {run_dir}: pass the run directory of a run saved with save_steps > 0")
+    for checkpoint in reversed(found):
         if not damaged_files(checkpoint):
             return checkpoint
     raise ConfigError(f"no checkpoint in {run_dir} matches its checksums: there is nothing sound to resume from")
